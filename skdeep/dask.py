@@ -22,14 +22,22 @@ number of partitions. A worker whose weights differ from the fingerprint raises
 
 With a disk cache shared by the workers, a partition that has to be recomputed (its worker died, or
 its result was lost) is read back from the cache instead of being embedded again.
+
+GPUs
+----
+Run one worker per GPU, each seeing only its own (dask-cuda's ``LocalCUDACluster`` or
+``dask-cuda-worker`` set ``CUDA_VISIBLE_DEVICES`` that way, with one thread per worker): the default
+``device="auto"`` then picks ``cuda`` (that worker's GPU) and each GPU runs one embedding at a
+time. On a cluster that mixes CPU and GPU workers, start the GPU workers with
+``--resources GPU=1`` and wrap both the call and the computation in
+``dask.annotate(resources={"GPU": 1})``: Dask's graph optimisation drops annotations attached to
+single layers of an array graph, so the annotation has to be on the computation.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
@@ -54,12 +62,13 @@ class _Partitions:
     """The input split into partitions: delayed objects, their lengths (NaN when unknown), and
     how to index the rows of an output frame."""
 
-    def __init__(self, kind, parts, lengths, divisions=None, index_name=None):
+    def __init__(self, kind, parts, lengths, divisions=None, index_meta=None):
         self.kind = kind
         self.parts = parts
         self.lengths = lengths
         self.divisions = divisions
-        self.index_name = index_name
+        # An empty index of the input's index type and name (Dask inputs only).
+        self.index_meta = index_meta if index_meta is not None else pd.RangeIndex(0)
 
     @property
     def lengths_known(self):
@@ -112,7 +121,7 @@ def _partitions(collection, partition_size) -> _Partitions:
     if isinstance(collection, dd.Series):
         parts = list(collection.to_delayed())
         divisions = collection.divisions if collection.known_divisions else None
-        return _Partitions(_FRAME, parts, [math.nan] * len(parts), divisions, collection.index.name)
+        return _Partitions(_FRAME, parts, [math.nan] * len(parts), divisions, collection._meta.index[:0])
     if isinstance(collection, db.Bag):
         parts = list(collection.to_delayed())
         return _Partitions(_BAG, parts, [math.nan] * len(parts))
@@ -189,47 +198,34 @@ def _embed_partition(encoder, part):
     return np.asarray(encoder.transform(items))
 
 
-def _embed_partition_frame(encoder, part, columns, index_name, start):
+def _embed_partition_frame(encoder, part, columns, start):
     vectors = _embed_partition(encoder, part)
     if isinstance(part, pd.Series):
         index = part.index
     else:
         # Global row positions when the partition's offset is known, else positions within it.
-        index = pd.RangeIndex(start, start + len(vectors), name=index_name)
+        index = pd.RangeIndex(start, start + len(vectors))
     return pd.DataFrame(vectors, index=index, columns=columns)
 
 
-def _count_embedded(encoder, part):
+def _embed_partition_count(encoder, part):
     return len(_embed_partition(encoder, part))
 
 
-def _tasks(func, encoder, partitions: _Partitions, resources, *extra_per_part):
+def _tasks(func, encoder, partitions: _Partitions, *extra_per_part):
     """One task per partition, all depending on a single key that holds the encoder."""
     encoder_key = dask.delayed(encoder, pure=True, traverse=False)
-    annotations = {"resources": dict(resources)} if resources else {}
-    with dask.annotate(**annotations):
-        return [
-            dask.delayed(func, pure=True)(encoder_key, part, *(extra[i] for extra in extra_per_part))
-            for i, part in enumerate(partitions.parts)
-        ]
-
-
-def _check_resources(resources):
-    if resources is None:
-        return None
-    if not isinstance(resources, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-        for k, v in resources.items()
-    ):
-        raise ValueError(f"resources must map resource names to positive amounts, e.g. {{'GPU': 1}}; got {resources!r}.")
-    return resources
+    return [
+        dask.delayed(func, pure=True)(encoder_key, part, *(extra[i] for extra in extra_per_part))
+        for i, part in enumerate(partitions.parts)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # public API
 
 
-def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resources=None):
+def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     """Embed a collection partition by partition, lazily, as a Dask array.
 
     Parameters
@@ -245,9 +241,6 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resourc
         every worker, so give it a directory all workers share (see ``docs/dask.md``).
     partition_size : int, default=1000
         Rows per partition for in-memory inputs; ignored for Dask collections.
-    resources : dict, default=None
-        Dask worker resources each embedding task needs, e.g. ``{"GPU": 1}`` for workers started
-        with ``--resources GPU=1``: tasks then run only on those workers, one at a time per GPU.
 
     Returns
     -------
@@ -265,11 +258,10 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resourc
     >>> X.compute().shape  # doctest: +SKIP
     (1000000, 384)
     """
-    resources = _check_resources(resources)
     partitions = _partitions(collection, partition_size)
     fitted = _fitted_encoder(encoder, partitions)
     dim = int(fitted.n_features_out_)
-    tasks = _tasks(_embed_partition, fitted, partitions, resources)
+    tasks = _tasks(_embed_partition, fitted, partitions)
     blocks = [
         da.from_delayed(task, shape=(n, dim), dtype=np.float32)
         for task, n in zip(tasks, partitions.lengths)
@@ -277,7 +269,7 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resourc
     return da.concatenate(blocks, axis=0, allow_unknown_chunksizes=True)
 
 
-def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resources=None):
+def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     """Embed a collection partition by partition, lazily, as a Dask DataFrame.
 
     The index follows the input: a (Dask or pandas) Series keeps its own index and divisions; lists,
@@ -286,7 +278,7 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, r
 
     Parameters
     ----------
-    collection, encoder, partition_size, resources
+    collection, encoder, partition_size
         As in :func:`embed`.
 
     Returns
@@ -295,7 +287,6 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, r
         One float32 column per embedding dimension, named like ``encoder.get_feature_names_out()``
         (``textencoder0``, ``textencoder1``, ...).
     """
-    resources = _check_resources(resources)
     partitions = _partitions(collection, partition_size)
     fitted = _fitted_encoder(encoder, partitions)
     columns = _feature_names(fitted)
@@ -305,14 +296,11 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, r
         starts = [0] * len(partitions.parts)
     n = len(partitions.parts)
     tasks = _tasks(
-        _embed_partition_frame, fitted, partitions, resources,
-        [columns] * n, [partitions.index_name] * n, starts,
+        _embed_partition_frame, fitted, partitions, [columns] * n, starts,
     )
-    meta = pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), columns=columns)
+    meta = pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), columns=columns, index=partitions.index_meta)
     if partitions.kind == _FRAME:
-        meta.index = pd.Index([], name=partitions.index_name)
         return dd.from_delayed(tasks, meta=meta, divisions=partitions.divisions, verify_meta=False)
-    meta.index = pd.RangeIndex(0, name=partitions.index_name)
     divisions = None
     if partitions.lengths_known:
         ends = [s + n_rows for s, n_rows in zip(starts, partitions.lengths)]
@@ -322,7 +310,7 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, r
 
 
 def embed_to_parquet(
-    collection, encoder, path, *, partition_size=DEFAULT_PARTITION_SIZE, resources=None, compute=True, **to_parquet_kwargs
+    collection, encoder, path, *, partition_size=DEFAULT_PARTITION_SIZE, compute=True, **to_parquet_kwargs
 ):
     """Embed a collection and write the embeddings to a Parquet dataset, one file per partition.
 
@@ -335,7 +323,7 @@ def embed_to_parquet(
         As in :func:`embed`.
     path : str or path-like
         Directory of the Parquet dataset (any fsspec URL Dask accepts, e.g. ``s3://bucket/emb/``).
-    partition_size, resources
+    partition_size
         As in :func:`embed`.
     compute : bool, default=True
         Write now; with False, return the delayed write for the caller to compute.
@@ -347,11 +335,11 @@ def embed_to_parquet(
     -------
     The value of ``DataFrame.to_parquet``: None, or a delayed write when ``compute=False``.
     """
-    frame = embed_frame(collection, encoder, partition_size=partition_size, resources=resources)
+    frame = embed_frame(collection, encoder, partition_size=partition_size)
     return frame.to_parquet(os.fspath(path), compute=compute, **to_parquet_kwargs)
 
 
-def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, resources=None) -> int:
+def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE) -> int:
     """Embed a collection into the encoder's cache without bringing the vectors back.
 
     Run it before a grid search on a cluster: every unique input is then embedded by exactly one
@@ -361,7 +349,7 @@ def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, re
 
     Parameters
     ----------
-    collection, encoder, partition_size, resources
+    collection, encoder, partition_size
         As in :func:`embed`. The encoder's ``cache`` must be a directory the workers share.
 
     Returns
@@ -369,7 +357,6 @@ def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, re
     int
         Number of rows processed (found in the cache or embedded).
     """
-    resources = _check_resources(resources)
     cache = encoder.get_params().get("cache", None) if hasattr(encoder, "get_params") else None
     if cache is None or cache is False:
         raise ValueError(
@@ -378,7 +365,7 @@ def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE, re
         )
     partitions = _partitions(collection, partition_size)
     fitted = _fitted_encoder(encoder, partitions)
-    counts = dask.compute(*_tasks(_count_embedded, fitted, partitions, resources))
+    counts = dask.compute(*_tasks(_embed_partition_count, fitted, partitions))
     return int(sum(counts))
 
 

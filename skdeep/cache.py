@@ -55,7 +55,6 @@ _BUSY_TIMEOUT_S = 30.0
 _EVICT_LOW_WATER = 0.9
 # SQLite's historical default bound on ``?`` parameters; used when the library cannot tell us.
 _DEFAULT_MAX_VARIABLES = 999
-_MAX_IN_CHUNK = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -507,11 +506,15 @@ class EmbeddingCache:
 
         The caller holds ``_db_lock``.
         """
+        path = self.path
         if self._disk_state == "open":
-            return self._conn
+            if self._same_file(path):
+                return self._conn
+            # Another process moved a corrupt file aside (or the folder was deleted): follow
+            # the replacement instead of writing into a file nobody will read again.
+            self._close()
         if self._disk_state == "off":
             return None
-        path = self.path
         try:
             self._open(path)
         except (sqlite3.Error, OSError) as exc:
@@ -575,8 +578,18 @@ class EmbeddingCache:
             limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         except AttributeError:  # Python < 3.11
             limit = _DEFAULT_MAX_VARIABLES
-        self._chunk = max(1, min(limit, _MAX_IN_CHUNK))
+        self._chunk = max(1, limit)  # keys per SELECT: as many as one statement may bind
         self._disk_state = "open"
+
+    def _same_file(self, path):
+        """Whether ``path`` is still the file our connection has open (one ``stat`` call)."""
+        if self._db_ident is None:
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._db_ident
 
     def _close(self):
         conn, self._conn = self._conn, None
@@ -749,7 +762,7 @@ class EmbeddingCache:
             self._disable_disk(what)
             return False
         if kind == "unwritable":
-            self._close_if_broken()
+            self._end_failed_transaction()
             if self._disk_writable:
                 self._disk_writable = False
                 self._report_error(
@@ -769,7 +782,7 @@ class EmbeddingCache:
         self._disable_disk(what)
         return False
 
-    def _close_if_broken(self):
+    def _end_failed_transaction(self):
         conn = self._conn
         if conn is not None and conn.in_transaction:
             try:

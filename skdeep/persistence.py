@@ -119,6 +119,7 @@ SKOPS_SUFFIXES = (".skops",)
 JOBLIB_SUFFIXES = (".joblib", ".pkl", ".pickle")
 FORMATS = ("skops", "joblib")
 _ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"  # protocol 2 and later
 
 
 def _skops_io():
@@ -341,14 +342,44 @@ def load(path, trusted=None):
         fmt = format_for(path)
     except ValueError:
         with open(path, "rb") as fh:
-            fmt = "skops" if fh.read(4) == _ZIP_MAGIC else "joblib"
+            head = fh.read(4)
+        if head == _ZIP_MAGIC:
+            fmt = "skops"
+        elif head[:1] == _PICKLE_MAGIC:
+            fmt = "joblib"
+        else:
+            raise ValueError(
+                f"{str(path)!r} is neither a .skops file nor an uncompressed pickle; saved models end in "
+                f"{', '.join(SKOPS_SUFFIXES + JOBLIB_SUFFIXES)}."
+            ) from None
     if fmt == "joblib":
         import joblib
 
-        return joblib.load(path)
+        with _explained_import_errors(path):
+            return joblib.load(path)
     flagged = _flagged_types(path)
     remaining = _remaining(flagged, trusted)
     if remaining:
         raise UntrustedTypesError(path, remaining)
     # Everything skops flags is now either skdeep's own estimator or trusted by the caller.
-    return _skops_io().load(path, trusted=flagged)
+    with _explained_import_errors(path):
+        return _skops_io().load(path, trusted=flagged)
+
+
+class _explained_import_errors:
+    """Turn "no module / no attribute" while rebuilding a saved object into an error that says why."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, (ImportError, AttributeError)):
+            raise ImportError(
+                f"{str(self.path)!r} refers to code that cannot be imported here ({exc}). Functions and classes "
+                "are saved by name: make the module that defines them importable (functions defined in a "
+                "script's __main__ cannot be found by other programs), then load again."
+            ) from exc
+        return False

@@ -154,7 +154,10 @@ def timm_pretrained_cfg(arch: str, tag: str | None):
     """timm's pretrained config for ``arch`` (default tag) or ``arch.tag``."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    try:
+        cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    except RuntimeError:  # timm raises for an unknown tag
+        cfg = None
     if cfg is None:
         if tag is None:
             return None

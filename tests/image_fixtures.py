@@ -69,3 +69,15 @@ def save_random_state_dict(model_name: str, target: Path, seed: int = 1) -> Path
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), target)
     return target
+
+
+def save_random_timm_state_dict(model_name: str, target: Path, seed: int = 1) -> Path:
+    """Save a random-init timm model's state dict at ``target`` (a small local checkpoint)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(model_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), target)
+    return target

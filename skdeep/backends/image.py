@@ -35,7 +35,8 @@ from ..sources import ModelSource
 
 POOLING_MODES = ("avg", "max", "gem", "cls")
 GEM_P = 3.0
-_HEAD_NAMES = {"fc", "classifier", "heads", "head", "dropout", "flatten"}
+# Trailing top-level children that are not the backbone: heads, pooling, and auxiliary classifiers.
+_HEAD_NAMES = {"fc", "classifier", "heads", "head", "dropout", "flatten", "aux1", "aux2", "AuxLogits"}
 _POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Linear)
 
 
@@ -186,6 +187,25 @@ def remap_efficientnet_pytorch(state: dict) -> dict:
     return out
 
 
+def _load_strict(model: nn.Module, state: dict, source: ModelSource, convert=None) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError as exc:
+        first = exc
+    if convert is not None:  # original-format checkpoints: the model's own converter
+        try:
+            model.load_state_dict(convert(state, model), strict=True)
+            return
+        except Exception:  # noqa: BLE001 - report the plain mismatch below
+            pass
+    detail = str(first).split("\n\t")
+    raise ValueError(
+        f"The weights in {source.path!r} do not fit {source.extra['library']}'s {source.extra['arch']!r}: "
+        f"{' '.join(detail[:3])[:600]}"
+    ) from first
+
+
 def _torchvision_builder_kwargs(arch: str, member) -> dict:
     """Arguments torchvision's builders set from the weights' metadata (mirrors their ``_ovewrite_named_param``)."""
     kwargs = {"num_classes": len(member.meta["categories"])}
@@ -223,7 +243,7 @@ def _build_torchvision(source: ModelSource) -> nn.Module:
     if kind == "file" and head_weight is not None and head_weight.shape[0] != head.out_features:
         # A fine-tuned checkpoint: rebuild with its number of classes.
         model = torchvision.models.get_model(arch, weights=None, **{**kwargs, "num_classes": int(head_weight.shape[0])})
-    model.load_state_dict(state, strict=True)
+    _load_strict(model, state, source)
     if arch in ("googlenet", "inception_v3"):
         # As torchvision's builders do after loading: auxiliary classifiers only matter in training.
         model.aux_logits = False
@@ -260,14 +280,7 @@ def _build_timm(source: ModelSource, image_size: int | None) -> nn.Module:
             f"{arch!r} takes only {cfg.input_size[-1]}x{cfg.input_size[-1]} inputs; leave image_size=None."
         ) from exc
     if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError:
-            # Original-format checkpoints: the model's own converter (timm's checkpoint_filter_fn).
-            convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-            if convert is None:
-                raise
-            model.load_state_dict(convert(state, model), strict=True)
+        _load_strict(model, state, source, getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None))
     return model
 
 
@@ -459,11 +472,13 @@ class ImageBackend:
         self.device = device
         self.precision = precision
         library, arch = source.extra["library"], source.extra["arch"]
-        self.preprocess = Preprocessing.from_dict(source.extra["preprocess"]).with_image_size(image_size)
+        native = Preprocessing.from_dict(source.extra["preprocess"])
+        self.preprocess = native.with_image_size(image_size)
+        if library == "torchvision" and arch.startswith(("vit_", "maxvit_")) and self.preprocess.crop != native.crop:
+            # Checked before building: these models assert their input size in forward.
+            size = native.crop[0]
+            raise ValueError(f"torchvision's {arch!r} takes only {size}x{size} inputs; leave image_size=None.")
         model = build_model(source, image_size)
-        fixed = getattr(model, "image_size", None)
-        if library == "torchvision" and isinstance(fixed, int) and fixed != self.preprocess.crop[0]:
-            raise ValueError(f"torchvision's {arch!r} takes only {fixed}x{fixed} inputs; leave image_size=None.")
         body, names = _feature_body(model, library, list(layers) if layers is not None else None, arch)
         self.module = PooledFeatures(body, names, pooling, _prefix_tokens(model, library)).eval()
         self.module.to(device=device, memory_format=torch.channels_last)

@@ -95,7 +95,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_text_model):
     assert a.tuned_fingerprint_ != c.tuned_fingerprint_
 
 
-@pytest.mark.parametrize("loss", ["triplet", "softmax"])
+@pytest.mark.parametrize("loss", ["pairwise", "triplet", "softmax"])
 def test_other_losses_learn(tiny_text_model, loss):
     clf = FineTunedTextClassifier(tiny_text_model, loss=loss, max_epochs=6, early_stopping=False, **FAST).fit(X, Y)
     assert clf.history_[-1]["train_loss"] < clf.history_[0]["train_loss"]

@@ -36,12 +36,19 @@ single layers of an array graph, so the annotation has to be on the computation.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import math
 import os
+import pickle
+import threading
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+import cloudpickle
 import dask
 import dask.array as da
 import dask.bag as db
@@ -146,15 +153,49 @@ def _as_items(part):
 
 
 # ---------------------------------------------------------------------------------------------
-# the encoder: fitted once (on a worker), then shipped as one small key
+# the encoder: fitted once (on a worker), then shipped as one small key of pickled bytes
+#
+# Bytes rather than the estimator itself: the scheduler unpickles task graphs, and unpickling a
+# fitted encoder looks for its model to check the fingerprint. Neither the scheduler nor the
+# client should need the model, so only the workers ever unpickle the encoder, once per process.
 
 
-def _fit_on_sample(encoder, sample):
-    fitted = clone(encoder).fit(sample)
+class _ShippedEncoder(NamedTuple):
+    blob: bytes  # cloudpickle of the fitted encoder: classes defined in __main__ travel too
+    n_features_out: int
+    feature_names: list
+
+
+_MEMO_SIZE = 8
+_unpickled: collections.OrderedDict = collections.OrderedDict()  # digest -> encoder, this process
+_unpickled_lock = threading.Lock()
+
+
+def _ship(fitted) -> _ShippedEncoder:
+    return _ShippedEncoder(cloudpickle.dumps(fitted), int(fitted.n_features_out_), _feature_names(fitted))
+
+
+def _receive(blob: bytes):
+    """The encoder in ``blob``, unpickled (and its weights checked) once per process."""
+    digest = hashlib.blake2b(blob, digest_size=16).digest()
+    with _unpickled_lock:
+        encoder = _unpickled.get(digest)
+        if encoder is None:
+            encoder = pickle.loads(blob)
+            _unpickled[digest] = encoder
+            while len(_unpickled) > _MEMO_SIZE:
+                _unpickled.popitem(last=False)
+        else:
+            _unpickled.move_to_end(digest)
+    return encoder
+
+
+def _fit_on_sample(blob, sample):
+    fitted = clone(_receive(blob)).fit(sample)
     if getattr(fitted, "n_features_out_", None) is None:
         # Not a skdeep encoder: learn the width from one row.
         fitted.n_features_out_ = int(np.asarray(fitted.transform(sample)).shape[1])
-    return fitted
+    return _ship(fitted)
 
 
 def _first_items(partitions: _Partitions):
@@ -166,18 +207,21 @@ def _first_items(partitions: _Partitions):
     raise ValueError("Expected at least one input, got a collection whose partitions are all empty.")
 
 
-def _fitted_encoder(encoder, partitions: _Partitions):
-    """The encoder, fitted: as given when already fitted, else fitted on a worker on one sample.
+def _fitted_encoder(encoder, partitions: _Partitions) -> _ShippedEncoder:
+    """The encoder, fitted and pickled: as given when already fitted, else fitted on a worker on
+    one sample.
 
     Fitting on a worker keeps the model off the client (which may have no GPU, or no copy of the
     weights), and its fingerprint then checks every other worker's copy.
     """
     if not hasattr(encoder, "transform") or not hasattr(encoder, "get_params"):
-        raise TypeError(f"Expected a scikit-learn transformer such as skdeep.TextEncoder, got {type(encoder).__name__}.")
+        raise TypeError(
+            f"Expected a scikit-learn transformer such as skdeep.TextEncoder, got {type(encoder).__name__}."
+        )
     if getattr(encoder, "n_features_out_", None) is not None:
-        return encoder
+        return _ship(encoder)
     sample = _first_items(partitions)
-    return dask.delayed(_fit_on_sample, pure=True)(encoder, sample).compute()
+    return dask.delayed(_fit_on_sample, pure=True)(cloudpickle.dumps(encoder), sample).compute()
 
 
 def _feature_names(encoder) -> list[str]:
@@ -191,15 +235,16 @@ def _feature_names(encoder) -> list[str]:
 # tasks run on the workers
 
 
-def _embed_partition(encoder, part):
+def _embed_partition(blob, part):
+    encoder = _receive(blob)
     items = _as_items(part)
     if len(items) == 0:
         return np.empty((0, encoder.n_features_out_), dtype=np.float32)
     return np.asarray(encoder.transform(items))
 
 
-def _embed_partition_frame(encoder, part, columns, start):
-    vectors = _embed_partition(encoder, part)
+def _embed_partition_frame(blob, part, columns, start):
+    vectors = _embed_partition(blob, part)
     if isinstance(part, pd.Series):
         index = part.index
     else:
@@ -208,13 +253,13 @@ def _embed_partition_frame(encoder, part, columns, start):
     return pd.DataFrame(vectors, index=index, columns=columns)
 
 
-def _embed_partition_count(encoder, part):
-    return len(_embed_partition(encoder, part))
+def _embed_partition_count(blob, part):
+    return len(_embed_partition(blob, part))
 
 
-def _tasks(func, encoder, partitions: _Partitions, *extra_per_part):
-    """One task per partition, all depending on a single key that holds the encoder."""
-    encoder_key = dask.delayed(encoder, pure=True, traverse=False)
+def _tasks(func, shipped: _ShippedEncoder, partitions: _Partitions, *extra_per_part):
+    """One task per partition, all depending on a single key that holds the pickled encoder."""
+    encoder_key = dask.delayed(shipped.blob, pure=True, name=f"skdeep-encoder-{dask.base.tokenize(shipped.blob)}")
     return [
         dask.delayed(func, pure=True)(encoder_key, part, *(extra[i] for extra in extra_per_part))
         for i, part in enumerate(partitions.parts)
@@ -259,9 +304,9 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     (1000000, 384)
     """
     partitions = _partitions(collection, partition_size)
-    fitted = _fitted_encoder(encoder, partitions)
-    dim = int(fitted.n_features_out_)
-    tasks = _tasks(_embed_partition, fitted, partitions)
+    shipped = _fitted_encoder(encoder, partitions)
+    dim = shipped.n_features_out
+    tasks = _tasks(_embed_partition, shipped, partitions)
     blocks = [
         da.from_delayed(task, shape=(n, dim), dtype=np.float32)
         for task, n in zip(tasks, partitions.lengths)
@@ -288,15 +333,15 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
         (``textencoder0``, ``textencoder1``, ...).
     """
     partitions = _partitions(collection, partition_size)
-    fitted = _fitted_encoder(encoder, partitions)
-    columns = _feature_names(fitted)
+    shipped = _fitted_encoder(encoder, partitions)
+    columns = shipped.feature_names
     if partitions.lengths_known:
         starts = np.concatenate([[0], np.cumsum(partitions.lengths)[:-1]]).astype(int).tolist()
     else:
         starts = [0] * len(partitions.parts)
     n = len(partitions.parts)
     tasks = _tasks(
-        _embed_partition_frame, fitted, partitions, [columns] * n, starts,
+        _embed_partition_frame, shipped, partitions, [columns] * n, starts,
     )
     meta = pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), columns=columns, index=partitions.index_meta)
     if partitions.kind == _FRAME:
@@ -364,8 +409,8 @@ def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE) ->
             "Pass cache=<directory shared by the workers>."
         )
     partitions = _partitions(collection, partition_size)
-    fitted = _fitted_encoder(encoder, partitions)
-    counts = dask.compute(*_tasks(_embed_partition_count, fitted, partitions))
+    shipped = _fitted_encoder(encoder, partitions)
+    counts = dask.compute(*_tasks(_embed_partition_count, shipped, partitions))
     return int(sum(counts))
 
 

@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
-from skdeep import TextEncoder  # noqa: E402
+from skdeep import FingerprintMismatchError, TextEncoder  # noqa: E402
 from skdeep.dask import describe_workers, embed, embed_frame, embed_to_parquet, warm_cache  # noqa: E402
 
 N_WORKERS = 2
@@ -167,17 +167,30 @@ def test_bad_collections_are_named(tiny_text_model):
 
 
 def test_encoder_travels_as_one_small_key(tiny_text_model):
-    """The graph holds the encoder once (its parameters, not its weights) for all partitions."""
+    """The graph holds the encoder once, as pickled parameters (not weights), for all partitions;
+    no estimator object is in the graph, so the scheduler never needs the model to unpickle it."""
     encoder = TextEncoder(tiny_text_model, cache=None).fit(["a"])
     with dask.config.set(scheduler="sync"):
         result = embed(_texts(100), encoder, partition_size=10)
     graph = dict(result.__dask_graph__())
-    holders = [key for key, task in graph.items() if "TextEncoder(" in repr(task) and "DataNode" in repr(task)]
+    holders = [key for key in graph if str(key).startswith("skdeep-encoder")]
     assert len(holders) == 1
+    blob = graph[holders[0]].value
+    assert isinstance(blob, bytes) and len(blob) < 2_000
+    assert pickle.loads(blob).get_params() == encoder.get_params()
     embed_tasks = [task for key, task in graph.items() if str(key).startswith("_embed_partition")]
     assert len(embed_tasks) == 10
     assert all(holders[0] in task.dependencies for task in embed_tasks)
-    assert len(pickle.dumps(encoder)) < 2_000
+    assert not any(isinstance(getattr(node, "value", None), TextEncoder) for node in graph.values())
+
+
+@pytest.mark.timeout(120)
+def test_worker_with_other_weights_refuses_to_embed(client, tiny_text_model):
+    """A fitted encoder carries its weights' fingerprint; a worker whose copy differs must fail."""
+    encoder = TextEncoder(tiny_text_model, cache=None).fit(["a"])
+    encoder.model_fingerprint_ = "0" * 32  # as if fitted on other weights than the workers have
+    with pytest.raises(FingerprintMismatchError, match="weights changed since fitting"):
+        embed(_texts(20), encoder, partition_size=10).compute()
 
 
 def _install_load_counter():

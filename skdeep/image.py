@@ -54,6 +54,9 @@ class _FailuresNotCached:
         self._cache = cache
         self._failed = failed_keys
 
+    def __getattr__(self, name):  # directory (compute claims), stats, ...: the real cache's
+        return getattr(self._cache, name)
+
     def get_many(self, keys):
         return self._cache.get_many(keys)
 

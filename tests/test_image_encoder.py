@@ -381,3 +381,20 @@ def test_warnings_do_not_leak_from_clean_runs(images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ImageEncoder(**TINY).fit_transform(images)
+
+
+def test_disk_cache_is_shared_and_keeps_compute_claims(tmp_path, files, broken):
+    from skdeep.claims import claims_for
+    from skdeep.image import _FailuresNotCached
+
+    cache_dir = tmp_path / "cache"
+    first = ImageEncoder(**dict(TINY, cache=str(cache_dir)), on_error="zero")
+    with pytest.warns(UnreadableImageWarning):
+        out = first.transform(broken)
+    view = _FailuresNotCached(first.cache if not isinstance(first.cache, str) else EmbeddingCache(cache_dir), set())
+    assert claims_for(view) is not None  # the view still exposes the cache directory
+    cold = EmbeddingCache(cache_dir)  # another instance (as another process would open it)
+    again = ImageEncoder(**dict(TINY, cache=cold), on_error="zero")
+    with pytest.warns(UnreadableImageWarning, match="3 of 6"):
+        np.testing.assert_array_equal(again.transform(broken), out)
+    assert cold.stats.hits == 3 and len(cold) == 3

@@ -246,8 +246,8 @@ def test_rows_of_different_lengths_and_dtypes_share_one_store(tmp_path, recwarn)
 
 def test_float16_storage_halves_the_bytes_and_both_layers_agree(tmp_path):
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((200, 256))
-    keys = [_key(i) for i in range(200)]
+    vectors = rng.standard_normal((1000, 256))
+    keys = [_key(i) for i in range(1000)]
     f32 = EmbeddingCache(tmp_path / "f32")
     f16 = EmbeddingCache(tmp_path / "f16", storage_dtype="float16")
     f32.put_many(keys, vectors)
@@ -283,38 +283,38 @@ def test_clear_empties_both_layers_and_keeps_the_file_usable(tmp_path):
 
 
 def test_max_disk_bytes_evicts_least_recently_accessed_rows(tmp_path, clock):
-    dim, limit = 64, 200_000
+    dim, limit, n = 256, 1_000_000, 400  # a batch of n rows is ~0.4 MB on disk
     cache = EmbeddingCache(tmp_path, memory_bytes=0, max_disk_bytes=limit)
-    old = list(range(0, 200))
+    old = list(range(0, n))
     clock["t"] = 1_000
     cache.put_many(*_rows(old, dim))
     clock["t"] = 2_000
-    cache.put_many(*_rows(range(200, 400), dim))
+    cache.put_many(*_rows(range(n, 2 * n), dim))
     # Reading half of the oldest rows an hour later refreshes their access stamps...
     clock["t"] = 2_000 + cache_module._TOUCH_INTERVAL_S + 1
-    touched, untouched = old[:100], old[100:]
+    touched, untouched = old[: n // 2], old[n // 2 :]
     assert all(v is not None for v in cache.get_many([_key(i) for i in touched]))
     with _db(tmp_path) as conn:
         stamps = {r[0] for r in conn.execute("SELECT atime FROM vectors WHERE key = ?", (_key(0),))}
         assert stamps == {clock["t"]}
     # ...so the next write evicts the untouched old rows first, then the middle ones, not them.
     clock["t"] += 100
-    cache.put_many(*_rows(range(400, 600), dim))
+    cache.put_many(*_rows(range(2 * n, 3 * n), dim))
     assert cache.stats.disk_bytes <= limit
-    present = [v is not None for v in cache.get_many([_key(i) for i in range(600)])]
-    assert all(present[i] for i in touched) and all(present[400:600])
+    present = [v is not None for v in cache.get_many([_key(i) for i in range(3 * n)])]
+    assert all(present[i] for i in touched) and all(present[2 * n : 3 * n])
     assert not any(present[i] for i in untouched)
-    assert not all(present[200:400])
+    assert not all(present[n : 2 * n])
     # Further writes keep it under the limit, newest rows first in line to stay.
     for batch in range(3, 6):
         clock["t"] += 100
-        cache.put_many(*_rows(range(200 * batch, 200 * batch + 200), dim))
+        cache.put_many(*_rows(range(batch * n, (batch + 1) * n), dim))
         assert cache.stats.disk_bytes <= limit
-    got = cache.get_many([_key(i) for i in range(1200)])
-    _assert_correct_or_missing(got, range(1200), dim)
+    got = cache.get_many([_key(i) for i in range(6 * n)])
+    _assert_correct_or_missing(got, range(6 * n), dim)
     present = [v is not None for v in got]
-    assert all(present[1000:1200]) and not any(present[:400])
-    assert 300 < sum(present) < 800
+    assert all(present[5 * n :]) and not any(present[: 2 * n])
+    assert 1.5 * n < sum(present) < 2.5 * n
     # The file really shrinks (incremental auto-vacuum), it does not just grow a free list.
     with _db(tmp_path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -19,6 +19,7 @@ import inspect
 import os
 import tempfile
 import threading
+import uuid
 import warnings
 from pathlib import Path
 
@@ -263,8 +264,8 @@ def _replace_cache_objects(obj):
 def _write_atomically(path: Path, write) -> None:
     # Write beside the target and rename: a crash never leaves a half-written model file behind.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A fresh name rather than mkstemp: the writer creates the file, so it gets the usual permissions.
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
     try:
         write(tmp)
         os.replace(tmp, path)

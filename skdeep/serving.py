@@ -343,6 +343,8 @@ def check_image(data: bytes, label: str, max_pixels: int) -> None:
                 img.load()
     except InputError:
         raise
+    except Image.UnidentifiedImageError as exc:
+        raise InputError(f"{label} is not an image (no image format recognised).") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise InputError(f"{label} is not a readable image ({type(exc).__name__}: {exc}).") from exc
 

@@ -83,6 +83,9 @@ def test_skops_round_trip_needs_no_trusted_argument(tiny_text_model, tmp_path):
     assert loaded[0].model_fingerprint_ == pipe[0].model_fingerprint_
     assert loaded[0].get_params() == pipe[0].get_params()
     assert path.stat().st_size < 100_000  # by reference: the weights are not inside
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    assert path.stat().st_mode == reference.stat().st_mode  # the usual permissions, not a temp file's 0600
 
 
 def test_skops_load_checks_the_fingerprint(own_model, tmp_path):

@@ -356,7 +356,7 @@ def test_image_server_base64_and_uploads_equal_in_process(image_server, image_pi
     "body, fragment",
     [
         ({"images": ["not base64 !!!"]}, "images[0] is not valid base64"),
-        ({"images": [base64.b64encode(b"plain text, not an image").decode()]}, "images[0] is not a readable image"),
+        ({"images": [base64.b64encode(b"plain text, not an image").decode()]}, "images[0] is not an image"),
         ({"images": [base64.b64encode(_png(1)).decode(), ""]}, "images[1] is empty"),
         ({"inputs": ["a text"]}, "images"),
         ({"images": []}, "at least 1"),

@@ -543,6 +543,14 @@ class EmbeddingCache:
                 )
                 return None
             if _fault_kind(exc) != "corrupt":
+                if path.is_file() and self._open_read_only(path):
+                    # e.g. a cache shipped read-only: its vectors are still worth reading.
+                    self._disk_writable = False
+                    self._report_error(
+                        f"cannot write to the disk cache {path} ({_describe(exc)}); reading it "
+                        "only, new vectors are kept in memory for this process"
+                    )
+                    return self._conn
                 self._disable_disk(f"cannot open the disk cache {path} ({_describe(exc)})")
                 return None
             # A file that is not a database or is malformed: keep it for inspection, start over.
@@ -595,6 +603,42 @@ class EmbeddingCache:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self._opened(conn)
+
+    def _open_read_only(self, path):
+        """Open an existing database for reading only; return whether that worked.
+
+        ``mode=ro`` sees the latest data but needs the WAL index files to exist or be
+        creatable; ``immutable=1`` works in any read-only folder but ignores changes
+        that are still in a write-ahead log (only misses, never wrong vectors: rows are
+        checksummed).
+        """
+        for params in ("mode=ro", "mode=ro&immutable=1"):
+            conn = None
+            try:
+                conn = sqlite3.connect(
+                    f"{path.as_uri()}?{params}",
+                    uri=True,
+                    timeout=_BUSY_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute("SELECT key FROM vectors LIMIT 1").fetchall()
+                if version != _SCHEMA_VERSION:
+                    raise sqlite3.OperationalError(f"unknown schema version {version}")
+            except sqlite3.Error:
+                if conn is not None:
+                    conn.close()
+                continue
+            self._conn = conn
+            st = os.stat(path)
+            self._db_ident = (st.st_dev, st.st_ino)
+            self._opened(conn)
+            return True
+        return False
+
+    def _opened(self, conn):
         try:
             limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         except AttributeError:  # Python < 3.11

@@ -457,6 +457,7 @@ def test_read_only_directory_falls_back_without_raising(tmp_path):
             got = cache.get_many([_key(i) for i in range(10)])
             cache.put_many(*_rows([100], 8))
             cache.put_many(*_rows([101], 8))
+        assert all(v is not None for v in got)  # still read, through a read-only connection
         _assert_correct_or_missing(got, range(10), 8)
         messages = _cache_warnings(record)
         assert len(messages) == 1 and str(directory) in messages[0]
@@ -497,6 +498,33 @@ def test_unopenable_store_works_in_memory_only(tmp_path, monkeypatch):
     _assert_correct_or_missing(got, range(3), 8)
     assert all(v is not None for v in got)
     assert cache.stats.disk_items is None and len(cache) == 4 and cache.stats.errors == 1
+
+
+def test_store_that_cannot_be_opened_for_writing_is_still_read(tmp_path, monkeypatch):
+    # What a read-only folder does to a non-root user: read-write opens fail, read-only work.
+    EmbeddingCache(tmp_path).put_many(*_rows(range(5), 8))
+    gc.collect()
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        if not kwargs.get("uri"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    cache = EmbeddingCache(tmp_path)
+    with pytest.warns(CacheWarning, match="cannot write to the disk cache .*readonly.*reading it only"):
+        got = cache.get_many([_key(i) for i in range(6)])
+    assert [v is not None for v in got] == [True] * 5 + [False]
+    _assert_correct_or_missing(got, range(6), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # warned once, not per call
+        cache.put_many(*_rows([5], 8))
+    np.testing.assert_array_equal(cache.get_many([_key(5)])[0], _vector(5, 8))  # from memory
+    assert cache.stats.disk_items == 5 and cache.stats.errors == 1
+    with pytest.warns(CacheWarning, match="could not clear the disk cache"):
+        cache.clear()
+    assert cache.stats.memory_items == 0 and cache.stats.disk_items == 5
 
 
 @pytest.mark.parametrize("message", ["attempt to write a readonly database", "database or disk is full"])

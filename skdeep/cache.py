@@ -216,9 +216,10 @@ class EmbeddingCache:
     as corrupt is renamed to ``embeddings.sqlite3.corrupt-<timestamp>`` (with its log) and a
     new one started; other processes notice the replacement on their next call and follow it.
     A full or read-only disk stops disk writes for the process after one warning (reads go
-    on); a file that cannot be opened at all leaves the cache memory-only. A lock held by
-    another writer for longer than 30 s skips that write, with a warning. In all
-    these cases the affected lookups are misses, so results are recomputed, never wrong.
+    on, through a read-only connection if need be); a file that cannot be opened at all
+    leaves the cache memory-only. A lock held by another writer for longer than 30 s skips
+    that write, with a warning. In all these cases the affected lookups are misses, so
+    results are recomputed, never wrong.
 
     **Eviction** (``max_disk_bytes``) is an approximate LRU. Each row carries an access time,
     set when written and refreshed when read from disk, or served from memory, if it is

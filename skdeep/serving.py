@@ -264,8 +264,11 @@ class MicroBatcher:
                 batch.append(nxt)
                 n_items += len(nxt.items)
             batch = [p for p in batch if not p.future.done()]  # clients that gave up
-            if batch:
+            try:
                 await self._run_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the loop serving others
+                for pending in batch:
+                    _resolve(pending.future, exception=exc)
 
     async def _call(self, items: list):
         self.stats.model_calls += 1
@@ -277,6 +280,8 @@ class MicroBatcher:
         return out
 
     async def _run_batch(self, batch: list) -> None:
+        if not batch:
+            return
         items = [item for pending in batch for item in pending.items]
         try:
             out = await self._call(items)
@@ -405,11 +410,11 @@ class BodyLimitMiddleware:
 # the app
 
 
-def _model_runner(estimator, op: str, kind: str) -> Optional[Callable[[list], Any]]:
+def _model_runner(estimator, op: str) -> Optional[Callable[[list], Any]]:
     if op == "transform":
         target = embedding_model(estimator)
         return None if target is None else target.transform
-    return getattr(estimator, op, None) if hasattr(estimator, op) else None
+    return getattr(estimator, op, None)
 
 
 def _warmup_inputs(kind: str) -> list:
@@ -497,7 +502,7 @@ def create_app(
         raise ValueError(f"input_kind_override must be one of {INPUT_KINDS}, got {input_kind_override!r}.")
     kind = input_kind_override or input_kind(model)
     limits = Limits(max_body_bytes, max_items, max_text_length, max_image_pixels)
-    runners = {op: _model_runner(model, op, kind) for op in OPERATIONS}
+    runners = {op: _model_runner(model, op) for op in OPERATIONS}
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdeep-model")
     batchers = {
         op: MicroBatcher(run, executor, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)

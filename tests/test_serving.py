@@ -329,7 +329,7 @@ def image_pipe():
 
 @pytest.fixture(scope="module")
 def image_server(image_pipe):
-    with ServerThread(create_app(image_pipe, max_items=4)) as server:
+    with ServerThread(create_app(image_pipe, max_items=4, max_body_bytes=100_000)) as server:
         yield server
 
 
@@ -375,6 +375,8 @@ def test_image_server_rejects_non_image_and_truncated_uploads(image_server):
         assert r.status_code == 422 and name in r.json()["detail"], r.text
     r = httpx.post(f"{image_server.url}/predict/files", data={"other": "x"})
     assert 400 <= r.status_code < 500
+    r = httpx.post(f"{image_server.url}/predict/files", files=[("files", ("big.png", _png(0, size=300), "image/png"))])
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
     many = [("files", (f"{i}.png", _png(i), "image/png")) for i in range(5)]
     r = httpx.post(f"{image_server.url}/predict/files", files=many)
     assert r.status_code == 422 and "limit of 4" in r.json()["detail"]

@@ -18,6 +18,7 @@ from .engine import BaseEncoder, content_keys, encode_with_cache, settings_names
 from .image_io import (
     ALPHA_BACKGROUND,
     DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
     UnreadableImageError,
     check_image_shape,
     check_pixel_range,
@@ -26,6 +27,8 @@ from .image_io import (
 from .image_sources import resolve_image_model
 from .persistence import bundled_source
 from .sources import ModelSource
+
+__all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "UnreadableImageWarning", "list_layers"]
 
 ON_ERROR = ("raise", "skip", "zero")
 # Bump when decoding or preprocessing changes what the model sees: old cache entries then stop matching.
@@ -55,6 +58,8 @@ class _FailuresNotCached:
         self._failed = failed_keys
 
     def __getattr__(self, name):  # directory (compute claims), stats, ...: the real cache's
+        if name == "_cache":
+            raise AttributeError(name)
         return getattr(self._cache, name)
 
     def get_many(self, keys):

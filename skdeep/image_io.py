@@ -463,7 +463,9 @@ def validate_images(X, *, image_shape=None, pixel_range=None, check_files: bool 
             X = X.to_numpy(dtype=object)
         if isinstance(X, np.ndarray) and X.dtype.kind in "biufc":
             if X.dtype.kind in "bc":
-                raise TypeError(f"Got an array of dtype {X.dtype}; images must be integers in 0..255 or floats in [0, 1].")
+                raise TypeError(
+                    f"Got an array of dtype {X.dtype}; images must be integers in 0..255 or floats in [0, 1]."
+                )
             raw = _array_batch(X, image_shape)
         elif isinstance(X, np.ndarray):
             if X.ndim == 2 and X.shape[1] == 1:

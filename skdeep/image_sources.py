@@ -162,7 +162,9 @@ def timm_pretrained_cfg(arch: str, tag: str | None):
         if tag is None:
             return None
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
-        raise ValueError(f"weights={tag!r} is not a pretrained tag of timm's {arch!r}; valid tags: {['DEFAULT', *tags]}.")
+        raise ValueError(
+            f"weights={tag!r} is not a pretrained tag of timm's {arch!r}; valid tags: {['DEFAULT', *tags]}."
+        )
     return cfg
 
 

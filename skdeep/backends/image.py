@@ -118,22 +118,27 @@ class Preprocessing:
         return Preprocessing(resize, (image_size, image_size), self.interpolation, self.mean, self.std)
 
     def geometric(self, img) -> torch.Tensor:
-        """Resize and crop an RGB PIL image; returns a uint8 tensor (3, h, w)."""
+        """Resize and crop an RGB PIL image; returns a contiguous uint8 tensor (h, w, 3).
+
+        Pixels stay in PIL's interleaved layout: a batch of them stacks with plain copies, and its
+        channels-first view is already in ``channels_last`` memory order.
+        """
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         size = list(self.resize)
         img = F.resize(img, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
         img = F.center_crop(img, list(self.crop))
-        return F.pil_to_tensor(img)
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
 
     def normalizer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 (N, 3, h, w) on ``device`` -> normalised float32, as ``ToTensor`` + ``Normalize`` would."""
+        """uint8 (N, h, w, 3) on ``device`` -> normalised float32 (N, 3, h, w) in ``channels_last`` memory,
+        as ``ToTensor`` + ``Normalize`` would compute it."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
         def normalize(x: torch.Tensor) -> torch.Tensor:
-            return x.to(torch.float32).div_(255).sub_(mean).div_(std)
+            return x.permute(0, 3, 1, 2).to(torch.float32).div_(255).sub_(mean).div_(std)
 
         return normalize
 
@@ -404,7 +409,9 @@ def _check_output_ranks(shapes: dict, pooling: str, arch: str) -> None:
     for name, shape in shapes.items():
         rank = len(shape)
         if rank not in (2, 3, 4):
-            raise ValueError(f"Layer {name!r} of {arch!r} outputs shape {tuple(shape)}; only 2-D to 4-D outputs can be pooled.")
+            raise ValueError(
+                f"Layer {name!r} of {arch!r} outputs shape {tuple(shape)}; only 2-D to 4-D outputs can be pooled."
+            )
         if pooling == "cls" and rank == 4:
             raise ValueError(
                 f"pooling='cls' takes the class token of a transformer's token sequence, but layer {name!r} of "
@@ -508,7 +515,7 @@ class ImageBackend:
 
     # ----------------------------------------------------------------- model only
     def forward_uint8(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a uint8 batch (N, 3, h, w) already resized and cropped; OOM halves the batch."""
+        """Embed a uint8 batch (N, h, w, 3) already resized and cropped; OOM halves the batch."""
         if batch.device != self.device:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()

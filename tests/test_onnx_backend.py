@@ -52,6 +52,14 @@ def test_int8_is_close_to_torch(tiny_text_model):
     assert _cosine(out, ref).min() >= 0.98
     # Quantisation really happened: the outputs are close, not identical.
     assert not np.allclose(out, ref, atol=1e-6)
+    import onnx
+
+    source = resolve_text_model(tiny_text_model)
+    graph = onnx.load(str(onnx_backend.onnx_dir(source.fingerprint, True) / onnx_backend.MODEL_FILE)).graph
+    integer = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
+    assert integer and not any("layer.0/" in name for name in integer)
+    assert any("layer.0/" in name for name in float_matmuls)  # the first layer stays in fp32
 
 
 def test_max_length_truncates_like_torch(tiny_text_model):

@@ -3,7 +3,8 @@
 The transformer of a sentence-transformers model is exported to ONNX once per weight fingerprint,
 into ``$SKDEEP_HOME/onnx/<fingerprint>/model.onnx`` (default ``~/.cache/skdeep``), and reused by every
 later process. ``"onnx-int8"`` additionally stores a dynamically quantised copy (int8 weights,
-per output channel, matrix multiplications only) in ``.../onnx/<fingerprint>-int8/model.onnx``.
+per output channel, matrix multiplications after the first layer) in
+``.../onnx/<fingerprint>-int8/model.onnx``.
 
 Only the transformer runs in ONNX Runtime; tokenisation uses the model's own tokenizer, and the
 model's pooling, dense layers and normalisation are applied afterwards exactly as
@@ -119,11 +120,19 @@ def export_transformer(transformer, input_names: list[str], path: Path) -> None:
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantisation of the matrix multiplications, one scale per output channel.
 
-    Per-tensor scales (onnxruntime's default) drop MiniLM's cosine similarity to the fp32 model
-    to about 0.95; per-channel scales on MatMul only keep it above 0.98 while staying fast.
+    Measured on all-MiniLM-L6-v2 and 512 Rotten Tomatoes snippets (cosine to fp32, min / mean):
+    onnxruntime's defaults (per-tensor scales) 0.95 / 0.97; per-channel scales on MatMul 0.975 /
+    0.992; the same with the first transformer layer kept in fp32 (its inputs, the raw token
+    embeddings, have the widest range) 0.983 / 0.994, at a small cost in speed.
     """
+    import re
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    first_layer = re.compile(r"/layers?\.0/")
+    keep_fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and first_layer.search(n.name)]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint through the root logger
@@ -134,6 +143,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=keep_fp32,
         )
     finally:
         root.setLevel(level)

@@ -190,7 +190,12 @@ def _receive(blob: bytes):
     return encoder
 
 
-def _fit_on_sample(blob, sample):
+def _fit_on_first_item(blob, part):
+    """On a worker: fit a clone of the encoder on the partition's first item (None if it is empty)."""
+    items = _as_items(part)
+    if len(items) == 0:
+        return None
+    sample = items[:1]
     fitted = clone(_receive(blob)).fit(sample)
     if getattr(fitted, "n_features_out_", None) is None:
         # Not a skdeep encoder: learn the width from one row.
@@ -198,21 +203,12 @@ def _fit_on_sample(blob, sample):
     return _ship(fitted)
 
 
-def _first_items(partitions: _Partitions):
-    """A one-item sample of the input, computing as few partitions as possible (usually one)."""
-    for part in partitions.parts:
-        items = _as_items(part.compute())
-        if len(items):
-            return items[:1]
-    raise ValueError("Expected at least one input, got a collection whose partitions are all empty.")
-
-
 def _fitted_encoder(encoder, partitions: _Partitions) -> _ShippedEncoder:
     """The encoder, fitted and pickled: as given when already fitted, else fitted on a worker on
-    one sample.
+    the first input.
 
-    Fitting on a worker keeps the model off the client (which may have no GPU, or no copy of the
-    weights), and its fingerprint then checks every other worker's copy.
+    Fitting on a worker keeps the model and the data off the client (which may have no GPU, or no
+    copy of the weights), and the fingerprint it records then checks every other worker's copy.
     """
     if not hasattr(encoder, "transform") or not hasattr(encoder, "get_params"):
         raise TypeError(
@@ -220,8 +216,13 @@ def _fitted_encoder(encoder, partitions: _Partitions) -> _ShippedEncoder:
         )
     if getattr(encoder, "n_features_out_", None) is not None:
         return _ship(encoder)
-    sample = _first_items(partitions)
-    return dask.delayed(_fit_on_sample, pure=True)(cloudpickle.dumps(encoder), sample).compute()
+    blob = cloudpickle.dumps(encoder)
+    # Usually the first partition answers; empty ones are skipped.
+    for part in partitions.parts:
+        shipped = dask.delayed(_fit_on_first_item, pure=True)(blob, part).compute()
+        if shipped is not None:
+            return shipped
+    raise ValueError("Expected at least one input, got a collection whose partitions are all empty.")
 
 
 def _feature_names(encoder) -> list[str]:

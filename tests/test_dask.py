@@ -135,6 +135,11 @@ def test_embed_dask_collections_equals_in_process(client, tiny_text_model):
     frame = embed_frame(texts, encoder, partition_size=40).compute()
     assert list(frame.index) == list(range(90))
 
+    # An empty first partition: the probe fit of an unfitted encoder moves on to the next one.
+    tail = series[series.index >= 300]
+    result = embed(tail, TextEncoder(tiny_text_model, cache=None)).compute()
+    np.testing.assert_allclose(result, expected[30:], atol=ATOL)
+
 
 @pytest.mark.timeout(120)
 def test_embed_to_parquet_round_trip(client, tiny_text_model, tmp_path):
@@ -262,7 +267,7 @@ def test_gpu_resource_keeps_model_and_embedding_on_gpu_workers(client, tiny_text
                 result = embed(_texts(60), TextEncoder(tiny_text_model, cache=None), partition_size=10).compute()
     finally:
         client.run(_set_gpus, amount=0, workers=[gpu_worker])
-    model_tasks = [r for r in stream.data if _is_embedding_task(r) or "fit_on_sample" in str(r["key"])]
+    model_tasks = [r for r in stream.data if _is_embedding_task(r) or "fit_on_first_item" in str(r["key"])]
     assert len(model_tasks) == 7  # 6 partitions and the probe fit
     assert {r["worker"] for r in model_tasks} == {gpu_worker}
     np.testing.assert_allclose(result, _reference(tiny_text_model, _texts(60)), atol=ATOL)

@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def plot(rows, title: str, path: Path) -> None:
     speed_ax.set_xscale("log")
     speed_ax.set_xlabel("predict images/s (log scale)")
     speed_ax.set_yticklabels([])
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 120)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def plot(rows, title: str, path: Path) -> None:
     colors = ["C1" if r["workers"] == "-" else "C0" for r in rows]
     ax.barh(labels[::-1], [r["images_per_s"] for r in rows][::-1], color=colors[::-1])
     ax.set_xlabel("images/s")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

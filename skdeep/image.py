@@ -9,7 +9,8 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils._set_output import _get_output_config
+from sklearn.utils.validation import validate_data
 
 from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
 from .cache import resolve_cache
@@ -424,6 +425,14 @@ class ImageEncoder(BaseEncoder):
             stacklevel=3,
         )
         if self.on_error == "skip":
+            import pandas as pd
+
+            # set_output gives the result the input's index, which no longer fits.
+            if isinstance(X, (pd.DataFrame, pd.Series)) and _get_output_config("transform", self)["dense"] != "default":
+                raise ValueError(
+                    f"on_error='skip' dropped {len(positions)} rows, but set_output(transform=...) must keep the "
+                    "input's index; use on_error='zero' to keep every row."
+                )
             out = np.delete(out, positions, axis=0)
         return out
 
@@ -458,6 +467,8 @@ class ImageEncoder(BaseEncoder):
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.
 
+        Works unfitted too (``set_output`` on an unfitted encoder): the names come from the model.
+
         Parameters
         ----------
         input_features : None
@@ -467,8 +478,9 @@ class ImageEncoder(BaseEncoder):
         -------
         ndarray of str objects
         """
-        check_is_fitted(self, "feature_names_out_")
-        return self.feature_names_out_.copy()
+        if hasattr(self, "feature_names_out_"):
+            return self.feature_names_out_.copy()
+        return np.asarray(self._backend(self._source()).feature_names, dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

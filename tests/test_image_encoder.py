@@ -398,3 +398,13 @@ def test_disk_cache_is_shared_and_keeps_compute_claims(tmp_path, files, broken):
     with pytest.warns(UnreadableImageWarning, match="3 of 6"):
         np.testing.assert_array_equal(again.transform(broken), out)
     assert cold.stats.hits == 3 and len(cold) == 3
+
+
+def test_unfitted_pandas_output_and_skip_with_an_index(files, broken):
+    out = ImageEncoder(**TINY).set_output(transform="pandas").transform(pd.Series(files))
+    assert out.columns[0] == "features_avg0" and out.shape[0] == 5
+    skipper = ImageEncoder(**TINY, on_error="skip").set_output(transform="pandas")
+    with pytest.warns(UnreadableImageWarning), pytest.raises(ValueError, match="on_error='zero'"):
+        skipper.transform(pd.DataFrame({"image": broken}))
+    with pytest.warns(UnreadableImageWarning):
+        assert skipper.transform(broken).shape[0] == 3  # a list has no index to keep

@@ -29,7 +29,14 @@ from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from skdeep import FingerprintMismatchError, TextEncoder  # noqa: E402
-from skdeep.dask import describe_workers, embed, embed_frame, embed_to_parquet, warm_cache  # noqa: E402
+from skdeep.dask import (  # noqa: E402
+    WORKER_CONFIG,
+    describe_workers,
+    embed,
+    embed_frame,
+    embed_to_parquet,
+    warm_cache,
+)
 
 N_WORKERS = 2
 # Differences in thread counts between the workers (1 thread) and this process change the order of
@@ -54,14 +61,15 @@ def cluster(tmp_path_factory):
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    local = distributed.LocalCluster(
-        n_workers=N_WORKERS,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.CRITICAL,
-        env=env,
-    )
+    with dask.config.set(WORKER_CONFIG):
+        local = distributed.LocalCluster(
+            n_workers=N_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+            env=env,
+        )
     client = distributed.Client(local)
     # Helpers defined here travel by value: the workers need not import this test module.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -242,6 +250,9 @@ def test_model_loaded_once_per_worker_not_per_partition(client, tiny_text_model,
         assert n_loads == 1 if address in ran_on else n_loads <= 1, (address, pid, n_loads)
     assert max(ran_on.values()) > 1  # so "once per worker" is not "once per partition" by accident
     assert rows_encoded() == 120
+
+    # WORKER_CONFIG took effect: Dask's malloc setting, which slows model inference, is unset.
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
 
     reports = describe_workers(client)
     assert {r["pid"] for r in reports.values()} == {pid for pid, _ in loads.values()}

@@ -93,6 +93,19 @@ def test_token_pooling_on_a_vit_matches_the_model(images):
     np.testing.assert_allclose(avg, tokens[:, prefix:].mean(1).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_named_timm_layers(images):
+    cnn = ImageEncoder(**TINY, layers=["layer2", "layer4"], pooling="max").fit(images)
+    names = cnn.get_feature_names_out()
+    assert names[0] == "layer2_max0" and any(n == "layer4_max0" for n in names)
+    assert cnn.transform(images).shape == (5, len(names))
+    vit = ImageEncoder(**dict(TINY, model="timm:test_vit"), layers=["blocks.0", "norm"], pooling="cls").fit(images)
+    out = vit.transform(images)
+    full = ImageEncoder(**dict(TINY, model="timm:test_vit"), pooling="cls").fit_transform(images)
+    width = full.shape[1]
+    np.testing.assert_allclose(out[:, width:], full, rtol=1e-4, atol=1e-5)  # "norm" ends forward_features
+    assert vit.get_feature_names_out()[0] == "blocks.0_cls0"
+
+
 def test_cls_on_a_cnn_and_gem_on_tokens_are_refused(images):
     with pytest.raises(ValueError, match=r"pooling='cls'.*layer4.*feature map"):
         ImageEncoder(**TINY_TV, pooling="cls").fit(images)

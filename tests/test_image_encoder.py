@@ -390,6 +390,14 @@ def test_decoding_happens_only_for_cache_misses(tmp_path, files, monkeypatch):
     assert decoded == [0]  # another setting, another key
 
 
+def test_progress_bar_counts_only_misses(images, capsys):
+    enc = ImageEncoder(**dict(TINY, cache=EmbeddingCache()), show_progress=True)
+    enc.transform(images[:3])
+    assert "Embedding images" in capsys.readouterr().err
+    enc.transform(images[:3])  # all hits: nothing to embed, no bar
+    assert "Embedding images" not in capsys.readouterr().err
+
+
 def test_warnings_do_not_leak_from_clean_runs(images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

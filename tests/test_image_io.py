@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,7 +85,7 @@ def test_palette_with_and_without_transparency():
     index = np.asarray(pal)
     transparent = int(index[0, 0])
     data = encode(pal, transparency=transparent)
-    assert Image.open(__import__("io").BytesIO(data)).mode == "P"
+    assert Image.open(io.BytesIO(data)).mode == "P"
     out = load_bytes(data)
     assert (out[index == transparent] == 255).all()
     kept = index != transparent
@@ -100,7 +102,7 @@ def test_cmyk_uses_pil_conversion():
 def test_sixteen_bit_png_is_scaled_not_clipped():
     values = np.linspace(0, 65535, 40 * 48).reshape(40, 48).astype(np.uint16)
     data = encode(Image.fromarray(values))
-    assert Image.open(__import__("io").BytesIO(data)).mode.startswith("I")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
     out = load_bytes(data)
     expected = np.rint(values.astype(np.float64) * 255 / 65535)
     np.testing.assert_allclose(out[..., 0], expected, atol=1)

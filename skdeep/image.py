@@ -139,8 +139,9 @@ class ImageEncoder(BaseEncoder):
         Autocast precision on accelerators; on the CPU computation stays in fp32.
 
     num_workers : int or "auto", default="auto"
-        Threads that decode and resize images while the model runs. 0 decodes in the calling thread.
-        "auto": up to 8, one per CPU core beyond the first two on CPU-only runs (at least one).
+        Threads that decode and resize images while the model runs; 0 decodes in the calling thread.
+        "auto": with an accelerator one per CPU core, up to 8; on the CPU the cores beyond two, at
+        least one, since the model's own threads need the rest.
 
     image_size : int, default=None
         Side of the square crop fed to the model, replacing the weights' own (224 for most); the

@@ -1,8 +1,38 @@
-"""skdeep: pretrained deep encoders as scikit-learn transformers."""
+"""skdeep: pretrained deep encoders as scikit-learn transformers.
 
-from .cache import EmbeddingCache
-from .sources import FingerprintMismatchError, ModelNotFoundError
-from .text import TextEncoder
+Public names are imported lazily (PEP 562), so ``import skdeep.cache`` in a worker process, or the
+``skdeep`` command line, does not pay for importing torch until an encoder is used.
+"""
 
-__all__ = ["EmbeddingCache", "FingerprintMismatchError", "ModelNotFoundError", "TextEncoder"]
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TextEncoder": "text",
+    "ImageEncoder": "image",
+    "EmbeddingCache": "cache",
+    "ZeroShotClassifier": "zero_shot",
+    "FineTunedTextClassifier": "finetune",
+    "CORAL": "domain",
+    "SubspaceAlignment": "domain",
+    "save": "persistence",
+    "load": "persistence",
+    "ModelNotFoundError": "sources",
+    "FingerprintMismatchError": "sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skdeep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

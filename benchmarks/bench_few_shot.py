@@ -4,8 +4,11 @@ For k labelled snippets per class (default 8, 16, 64) and a few random draws of 
 
 * TF-IDF (word 1-2 grams) + logistic regression: the classic baseline;
 * zero-shot: ``ZeroShotClassifier`` with label descriptions only (no training data; same for every k);
-* frozen MiniLM features (``TextEncoder``) + logistic regression;
-* fine-tuned MiniLM (``FineTunedTextClassifier``, SetFit-style) + logistic regression head.
+* frozen MiniLM features (``TextEncoder``) + logistic regression (default ``C=1``, the head the
+  fine-tuned model also uses), and the same with ``C`` chosen by cross-validation on the k
+  training snippets (``LogisticRegressionCV``): unit-norm embeddings favour a larger ``C``;
+* fine-tuned MiniLM (``FineTunedTextClassifier``, SetFit-style) with its default logistic
+  regression head (``C=1``), and the same tuned encoder with the cross-validated head.
 
 Every method is scored on the same held-out, class-balanced test snippets. Prints a markdown table
 and writes ``benchmarks/results/few_shot.{md,csv,png}``.
@@ -32,7 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _data import load_rotten_tomatoes  # noqa: E402
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from skdeep import TextEncoder  # noqa: E402
@@ -59,9 +63,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", type=int, nargs="+", default=[8, 16, 64])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ft-seeds", type=int, nargs="+", default=[0, 1], help="seeds for fine-tuning (CPU time)")
+    parser.add_argument("--ft-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for fine-tuning (CPU time)")
     parser.add_argument("--n-test", type=int, default=400)
-    parser.add_argument("--methods", nargs="+", default=["tfidf", "zero-shot", "frozen", "fine-tuned"])
+    parser.add_argument("--methods", nargs="+", default=["tfidf", "zero-shot", "frozen", "frozen-cv", "fine-tuned"])
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other methods already in the output CSV (re-run some methods only)")
     parser.add_argument("--ft-loss", default="pairwise")
     parser.add_argument("--ft-epochs", type=int, default=None, help="default: 64 steps' worth, at least 10 epochs")
     parser.add_argument("--ft-unfreeze", type=int, default=None)
@@ -78,13 +84,17 @@ def main(argv=None):
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.with_suffix(".csv").exists():
+        previous = pd.read_csv(out.with_suffix(".csv"))
+        rerun = [{"tfidf": "tf-idf"}.get(m, m) for m in args.methods]
+        rows = previous[~previous["method"].isin(rerun)].to_dict("records")
 
     def record(method, k, seed, acc, seconds, **extra):
         rows.append({"method": method, "k": k, "seed": seed, "accuracy": acc, "fit_seconds": seconds, **extra})
         pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
         print(f"{method:>11} k={k:<3} seed={seed} accuracy={acc:.3f} ({seconds:.1f} s) {extra or ''}", flush=True)
 
-    if "frozen" in args.methods or "zero-shot" in args.methods:
+    if {"frozen", "frozen-cv", "zero-shot"} & set(args.methods):
         t = time.perf_counter()
         test_features = encoder.fit_transform(X_test)
         print(f"embedded {len(X_test)} test snippets in {time.perf_counter() - t:.1f} s", flush=True)
@@ -109,6 +119,11 @@ def main(argv=None):
                 t = time.perf_counter()
                 head = LogisticRegression(max_iter=1000).fit(encoder.transform(X), y)
                 record("frozen", k, seed, head.score(test_features, y_test), time.perf_counter() - t)
+            if "frozen-cv" in args.methods:
+                t = time.perf_counter()
+                cv = StratifiedKFold(min(5, k), shuffle=True, random_state=seed)
+                head = LogisticRegressionCV(Cs=10, cv=cv, max_iter=1000).fit(encoder.transform(X), y)
+                record("frozen-cv", k, seed, head.score(test_features, y_test), time.perf_counter() - t, C=head.C_[0])
             if "fine-tuned" in args.methods and seed in ft_seeds:
                 # Enough passes for ~64 optimiser steps, at least 10 epochs: tiny sets need repeats.
                 steps_per_epoch = max(1, int(np.ceil(0.85 * 2 * k / 16)))
@@ -128,6 +143,12 @@ def main(argv=None):
                 seconds = time.perf_counter() - t
                 record("fine-tuned", k, seed, clf.score(X_test, y_test), seconds,
                        steps=clf.n_steps_, best_step=clf.best_step_)
+                # The same tuned encoder with the cross-validated head (no second fine-tuning).
+                t = time.perf_counter()
+                cv = StratifiedKFold(min(5, k), shuffle=True, random_state=seed)
+                head = LogisticRegressionCV(Cs=10, cv=cv, max_iter=1000).fit(clf.transform(X), y)
+                record("fine-tuned-cv", k, seed, head.score(clf.transform(X_test), y_test),
+                       seconds + time.perf_counter() - t, C=head.C_[0])
 
     frame = pd.DataFrame(rows)
     table = summarise(frame)
@@ -142,9 +163,10 @@ def main(argv=None):
 
 
 def summarise(frame: pd.DataFrame) -> str:
-    order = ["zero-shot", "tf-idf", "frozen", "fine-tuned"]
-    names = {"zero-shot": "zero-shot (no labels)", "tf-idf": "TF-IDF + LR", "frozen": "frozen MiniLM + LR",
-             "fine-tuned": "fine-tuned MiniLM + LR"}
+    order = ["zero-shot", "tf-idf", "frozen", "frozen-cv", "fine-tuned", "fine-tuned-cv"]
+    names = {"zero-shot": "zero-shot (no labels)", "tf-idf": "TF-IDF + LR", "frozen": "frozen MiniLM + LR (C=1)",
+             "frozen-cv": "frozen MiniLM + LR (C by CV)", "fine-tuned": "fine-tuned MiniLM + LR (C=1)",
+             "fine-tuned-cv": "fine-tuned MiniLM + LR (C by CV)"}
     ks = sorted(frame["k"].unique())
     lines = ["| method | " + " | ".join(f"k={k} per class" for k in ks) + " | mean fit time (s) |",
              "|---|" + "---|" * (len(ks) + 1)]
@@ -166,7 +188,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in [("tf-idf", "s--"), ("frozen", "o-"), ("fine-tuned", "^-")]:
+    for method, style in [("tf-idf", "s--"), ("frozen", "o:"), ("frozen-cv", "o-"), ("fine-tuned", "^:"),
+                          ("fine-tuned-cv", "^-")]:
         sub = frame[frame["method"] == method]
         if sub.empty:
             continue

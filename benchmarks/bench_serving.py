@@ -12,7 +12,10 @@ no new request starts after it). A warm-up of 64 requests per run is not counted
 completed requests per second of wall time; latency is per request, as the client sees it.
 
 * batching off: ``--no-batching`` (one model call per request, calls serialised in one worker thread);
-* batching on: ``--max-batch-size 32 --max-wait-ms 5``.
+* batching on: ``--max-batch-size 32 --max-wait-ms 5``;
+
+and, as a reference without HTTP, ``pipe.predict`` in the benchmark's own process on 1 and on 32
+texts per call.
 
 The client runs on the same (2-core) machine as the server and the machine is shared with other
 work: read the numbers as a ratio more than as absolutes; the load average is reported.
@@ -80,7 +83,7 @@ def load_texts(kind: str, n: int) -> list[str]:
     return synthetic_texts(n)
 
 
-def build_model(model: str, path: Path, train_texts: list[str]) -> None:
+def build_model(model: str, path: Path, train_texts: list[str]):
     sys.path.insert(0, str(ROOT))
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -91,6 +94,21 @@ def build_model(model: str, path: Path, train_texts: list[str]) -> None:
     labels = [i % 2 for i in range(len(train_texts))]
     pipe = make_pipeline(TextEncoder(model, cache=None), LogisticRegression()).fit(train_texts, labels)
     save(pipe, path)
+    return pipe
+
+
+def in_process(pipe, texts: list[str], per_call: int, n_texts: int, seconds: float) -> dict:
+    """The model alone, no HTTP: ``pipe.predict`` on ``per_call`` distinct texts at a time."""
+    pipe.predict(texts[:per_call])  # warm-up
+    texts = texts[per_call:]
+    load = os.getloadavg()[0]
+    done = 0
+    start = time.perf_counter()
+    while done < n_texts and time.perf_counter() - start < seconds:
+        done += len(pipe.predict(texts[done:done + per_call]))
+    wall = time.perf_counter() - start
+    return {"mode": f"in-process predict, {per_call} text(s) per call", "completed": done, "wall_s": wall,
+            "throughput_rps": done / wall, "load_avg_1m": load}
 
 
 def free_port() -> int:
@@ -187,7 +205,7 @@ def run_mode(name: str, model_file: Path, texts: list[str], n_requests: int, sec
     return result
 
 
-def markdown(results: list[dict], args, n_cpu: int) -> str:
+def markdown(results: list[dict], references: list[dict], args, n_cpu: int) -> str:
     base = next((r for r in results if r["mode"] == "batching off"), results[0])["throughput_rps"]
     lines = [
         f"## Serving: {CLIENTS} concurrent clients, one distinct text per request, {args.model} "
@@ -203,33 +221,69 @@ def markdown(results: list[dict], args, n_cpu: int) -> str:
             f"{r['throughput_rps'] / base:.1f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.1f} | "
             f"{r['errors']} | {r['load_avg_1m']:.1f} |"
         )
+    ref_base = references[0]["throughput_rps"]
+    lines += [
+        "",
+        "The model alone, without HTTP (same pipeline and kind of texts, in the benchmark's process):",
+        "",
+        "| in-process call | texts | texts/s | speed-up | load avg |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in references:
+        lines.append(
+            f"| {r['mode']} | {r['completed']} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / ref_base:.1f}x | "
+            f"{r['load_avg_1m']:.1f} |"
+        )
     lines += ["", f"Command: `.venv/bin/python benchmarks/bench_serving.py --model {args.model} "
               f"--requests {args.requests} --seconds {args.seconds:g} --texts {args.texts} --wait-ms {args.wait_ms:g} "
               f"--repeats {args.repeats}`" + (" (best of the runs per mode; all runs in serving.json)" if args.repeats > 1 else "")]
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], references: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["mode"] for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax1.bar(names, [r["throughput_rps"] for r in results], color=["#999999", "#3b7dd8"])
-    ax1.set_ylabel("requests / s")
-    ax1.set_title(f"Throughput, {CLIENTS} clients")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = [r["mode"] for r in results] + [r["mode"].replace("in-process predict, ", "model alone,\n") for r in references]
+    values = [r["throughput_rps"] for r in results + references]
+    colors = ["#999999", "#3b7dd8"][: len(results)] + ["#dddddd"] * len(references)
+    bars = ax1.bar(range(len(values)), values, color=colors, edgecolor="#555555")
+    for bar in bars[len(results):]:
+        bar.set_hatch("//")
+    ax1.set_xticks(range(len(values)), labels, fontsize=8)
+    ax1.set_ylabel("texts / s")
+    ax1.set_title(f"Throughput: server with {CLIENTS} clients; model alone (hatched)", fontsize=9)
     x = np.arange(len(results))
     ax2.bar(x - 0.2, [r["p50_ms"] for r in results], 0.4, label="p50")
     ax2.bar(x + 0.2, [r["p99_ms"] for r in results], 0.4, label="p99")
-    ax2.set_xticks(x, names)
-    ax2.set_yscale("log")
-    ax2.set_ylabel("latency (ms, log)")
-    ax2.set_title("Latency per request")
+    ax2.set_xticks(x, [r["mode"] for r in results])
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("Latency per request", fontsize=9)
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def best_runs(saved: dict) -> tuple[list[dict], list[dict]]:
+    results = []
+    for name, runs in saved["server"].items():
+        best = dict(max(runs, key=lambda r: r["throughput_rps"]))
+        best["runs_rps"] = [round(r["throughput_rps"], 2) for r in runs]
+        results.append(best)
+    references = [max(r, key=lambda x: x["throughput_rps"]) for r in saved["in_process"].values()]
+    return results, references
+
+
+def write_report(saved: dict, out: Path) -> None:
+    results, references = best_runs(saved)
+    table = markdown(results, references, argparse.Namespace(**saved["args"]), saved["cpu_count"])
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table)
+    plot(results, references, out.with_suffix(".png"))
 
 
 def main() -> None:
@@ -242,9 +296,13 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--repeats", type=int, default=1, help="runs per mode (alternating); the best is reported")
     parser.add_argument("--out", default=str(RESULTS / "serving"))
+    parser.add_argument("--replot", action="store_true", help="rewrite the table and plot from OUT.json, run nothing")
     args = parser.parse_args()
+    if args.replot:
+        write_report(json.loads(Path(args.out).with_suffix(".json").read_text()), Path(args.out))
+        return
 
-    n_texts = 200 + args.repeats * len(args.modes) * (WARMUP_REQUESTS + args.requests)
+    n_texts = 200 + args.repeats * (len(args.modes) + 2) * (WARMUP_REQUESTS + args.requests)
     texts = load_texts(args.texts, n_texts)
     train, texts = texts[:200], texts[200:]
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,8 +313,9 @@ def main() -> None:
 
             model = build_tiny_text_model(Path(tmp) / "tiny")
         model_file = Path(tmp) / "model.skops"
-        build_model(model, model_file, train)
+        pipe = build_model(model, model_file, train)
         runs: dict[str, list[dict]] = {name: [] for name in args.modes}
+        reference: dict[int, list[dict]] = {1: [], 32: []}
         per_run = WARMUP_REQUESTS + args.requests
         slot = 0
         for _ in range(args.repeats):
@@ -267,18 +326,17 @@ def main() -> None:
                 slot += 1
                 runs[name].append(run_mode(name, model_file, chunk, args.requests, args.seconds, args.wait_ms))
                 print(json.dumps(runs[name][-1]), file=sys.stderr)
-        results = []
-        for name in args.modes:
-            best = max(runs[name], key=lambda r: r["throughput_rps"])
-            best["runs_rps"] = [round(r["throughput_rps"], 2) for r in runs[name]]
-            results.append(best)
-    table = markdown(results, args, os.cpu_count())
-    print(table)
+            for per_call in reference:
+                chunk = texts[slot * per_run:(slot + 1) * per_run]
+                slot += 1
+                reference[per_call].append(in_process(pipe, chunk, per_call, args.requests, args.seconds))
+                print(json.dumps(reference[per_call][-1]), file=sys.stderr)
+    saved = {"args": {k: v for k, v in vars(args).items() if k != "replot"}, "cpu_count": os.cpu_count(),
+             "server": runs, "in_process": {str(k): v for k, v in reference.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    plot(results, out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(json.dumps(saved, indent=2))
+    write_report(saved, out)
 
 
 if __name__ == "__main__":

@@ -228,3 +228,45 @@ def test_cache_objects_are_saved_as_their_directory(tiny_text_model, tmp_path):
     pipe.set_params(textencoder__cache=EmbeddingCache(tmp_path / "cache", storage_dtype="float16"))
     with pytest.warns(UserWarning, match="storage_dtype"):
         save(pipe, tmp_path / "p16.skops")
+
+
+def _toolbox_estimator(name, model_path):
+    rng = np.random.default_rng(0)
+    if name == "CORAL":
+        domain = pytest.importorskip("skdeep.domain")
+        return make_pipeline(
+            TextEncoder(model_path, cache=None), domain.CORAL(target=rng.normal(size=(20, 32))), LogisticRegression()
+        )
+    if name == "SubspaceAlignment":
+        domain = pytest.importorskip("skdeep.domain")
+        return make_pipeline(
+            TextEncoder(model_path, cache=None),
+            domain.SubspaceAlignment(n_components=4, target=rng.normal(size=(20, 32))),
+            LogisticRegression(),
+        )
+    if name == "ZeroShotClassifier":
+        zero_shot = pytest.importorskip("skdeep.zero_shot")
+        return zero_shot.ZeroShotClassifier(TextEncoder(model_path, cache=None), labels={1: "a good film", 0: "a bad film"})
+    finetune = pytest.importorskip("skdeep.finetune")
+    return finetune.FineTunedTextClassifier(model_path, max_steps=2, random_state=0, cache=None, early_stopping=False)
+
+
+@pytest.mark.parametrize("name", ["CORAL", "SubspaceAlignment", "ZeroShotClassifier", "FineTunedTextClassifier"])
+def test_toolbox_estimators_round_trip_through_skops_as_trusted_types(tiny_text_model, tmp_path, name):
+    estimator = _toolbox_estimator(name, tiny_text_model).fit(TEXTS, LABELS)
+    path = save(estimator, tmp_path / "model.skops")
+    flagged = sio.get_untrusted_types(file=path)
+    assert any(t.endswith(f".{name}") for t in flagged)  # skops alone would refuse it...
+    assert untrusted_types(path) == []  # ...skdeep trusts its own estimators
+    np.testing.assert_array_equal(load(path).predict(TEXTS), estimator.predict(TEXTS))
+
+
+def test_image_pipeline_round_trips_through_skops(tmp_path):
+    image = pytest.importorskip("skdeep.image")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(6)]
+    encoder = image.ImageEncoder("resnet18", weights=None, image_size=32, num_workers=0, cache=None)
+    pipe = make_pipeline(encoder, LogisticRegression()).fit(images, [0, 1] * 3)
+    path = save(pipe, tmp_path / "images.skops")
+    assert untrusted_types(path) == []
+    np.testing.assert_allclose(load(path).predict_proba(images), pipe.predict_proba(images), rtol=1e-6)

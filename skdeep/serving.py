@@ -58,15 +58,33 @@ def _type_name(obj) -> str:
 
 
 def find_encoders(estimator) -> list:
-    """``(parameter path, encoder)`` for every skdeep encoder inside ``estimator``, in step order."""
-    found = []
-    if isinstance(estimator, BaseEncoder):
-        found.append(("", estimator))
-    if hasattr(estimator, "get_params"):
-        for name, value in estimator.get_params(deep=True).items():
-            if isinstance(value, BaseEncoder):
-                found.append((name, value))
-    return found
+    """``(path, encoder)`` for every skdeep encoder inside ``estimator``, in step order.
+
+    Looks at parameters (pipeline steps, ``encoder=...``), then at fitted attributes such as
+    ``encoder_``. A path is a parameter name (``"textencoder"``) or ``"<owner>.<attribute>"``. A
+    parameter whose fitted copy exists (``encoder`` and ``encoder_``) is reported once, as the copy
+    that actually runs.
+    """
+    params = estimator.get_params(deep=True) if hasattr(estimator, "get_params") else {}
+    owners = [("", estimator)] + [(k, v) for k, v in params.items() if hasattr(v, "get_params")]
+    fitted = {}
+    for path, owner in owners:
+        for attr, value in vars(owner).items():
+            if attr.endswith("_") and not attr.startswith("_") and isinstance(value, BaseEncoder):
+                fitted[f"{path}.{attr}" if path else attr] = value
+    found = [("", estimator)] if isinstance(estimator, BaseEncoder) else []
+    for path, value in params.items():
+        if isinstance(value, BaseEncoder):
+            owner, _, last = path.rpartition("__")
+            if (f"{owner}.{last}_" if owner else f"{last}_") not in fitted:
+                found.append((path, value))
+    found += list(fitted.items())
+    unique, seen = [], set()
+    for path, encoder in found:
+        if id(encoder) not in seen:
+            seen.add(id(encoder))
+            unique.append((path, encoder))
+    return unique
 
 
 def _image_encoder_class():

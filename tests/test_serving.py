@@ -274,6 +274,16 @@ def test_describe_and_embedding_model(text_pipe):
         input_kind(LogisticRegression())
 
 
+def test_describe_finds_fitted_encoders_once(tiny_text_model):
+    zero_shot = pytest.importorskip("skdeep.zero_shot")
+    clf = zero_shot.ZeroShotClassifier(TextEncoder(tiny_text_model, cache=None), labels=["good", "bad"]).fit(TEXTS)
+    (enc,) = describe(clf)["encoders"]  # the encoder parameter and its fitted copy encoder_: reported once
+    assert enc["parameter"] == "encoder_" and enc["fingerprint"] == clf.encoder_.model_fingerprint_
+    assert input_kind(clf) == "text"
+    # No transform of its own: /transform serves the fitted encoder's embeddings.
+    assert embedding_model(clf) is clf.encoder_
+
+
 # ------------------------------------------------------------------------- schemathesis
 
 

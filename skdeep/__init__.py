@@ -18,6 +18,8 @@ _EXPORTS = {
     "SubspaceAlignment": "domain",
     "save": "persistence",
     "load": "persistence",
+    "UntrustedTypesError": "persistence",
+    "create_app": "serving",
     "ModelNotFoundError": "sources",
     "FingerprintMismatchError": "sources",
 }

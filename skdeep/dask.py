@@ -63,7 +63,9 @@ DEFAULT_PARTITION_SIZE = 1_000
 #: ``with dask.config.set(skdeep.dask.WORKER_CONFIG): cluster = LocalCluster(...)``.
 #: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker, which also freezes glibc's
 #: mmap threshold, so each large tensor allocation maps and unmaps fresh pages: measured here, it
-#: costs transformer inference on CPU about 25 % more CPU time. ``None`` unsets it.
+#: costs transformer inference on CPU about 25 % more CPU time. ``None`` unsets it. The nanny also
+#: writes the variable into the starting process's own environment, which later workers inherit:
+#: start workers with this configuration from a process that has not started untuned ones.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 _FRAME, _BAG, _ARRAY = "frame", "bag", "array"

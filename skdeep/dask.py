@@ -310,7 +310,7 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     >>> from skdeep import TextEncoder
     >>> from skdeep.dask import embed
     >>> df = dd.read_parquet("reviews/")  # doctest: +SKIP
-    >>> X = embed(df["text"], TextEncoder(cache="/shared/skdeep-cache"))  # doctest: +SKIP
+    >>> X = embed(df["text"], TextEncoder(cache="/local/scratch/skdeep-cache"))  # doctest: +SKIP
     >>> X.compute().shape  # doctest: +SKIP
     (1000000, 384)
     """

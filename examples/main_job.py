@@ -90,10 +90,10 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for name, c, m, s, t, e in rows:
         print(f"| {name} | {c} | {m:.3f} ± {s:.3f} | {t:.3f} | {e:.1f} |")
-    n_unique = train["text"].nunique() + test["text"].nunique()
+    n_unique = len(set(train["text"]) | set(test["text"]))
     print(
-        f"\nGrid search: {len(C_GRID)} candidates x 5 folds + refit = {len(C_GRID) * 5 + 1} fits; "
-        f"texts that reached the model: {embedded} (unique texts in train + test: {n_unique})."
+        f"\nGrid search: {len(C_GRID)} candidates x 5 folds + refit = {len(C_GRID) * 5 + 1} fits, then scoring "
+        f"the held-out set; texts that reached the model: {embedded} (distinct texts in train and test: {n_unique})."
     )
 
     pipe = best[f"skdeep TextEncoder({args.model}) + LogReg"]

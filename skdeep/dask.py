@@ -2,7 +2,7 @@
 
 Grid searches need nothing from this module: wrap ``GridSearchCV.fit`` (or ``cross_val_score``) in
 ``joblib.parallel_backend("dask")`` and give the encoders a cache directory that every worker can
-reach; see ``docs/dask.md``. This module covers the other half, embedding collections too large
+reach; see the README section "Running skdeep on Dask". This module covers the other half, embedding collections too large
 for one machine:
 
 * :func:`embed` returns a Dask array (one block per partition of the input);
@@ -294,7 +294,7 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     encoder : skdeep encoder
         For example :class:`~skdeep.TextEncoder`. If it is not fitted yet it is fitted once, on a
         worker, on one input: the client never loads the model. Its ``cache`` parameter is used by
-        every worker, so give it a directory all workers share (see ``docs/dask.md``).
+        every worker, so give it a directory all workers share (see the README section "Running skdeep on Dask").
     partition_size : int, default=1000
         Rows per partition for in-memory inputs; ignored for Dask collections.
 

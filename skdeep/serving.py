@@ -8,7 +8,7 @@
 
 Concurrent requests are collected for a few milliseconds and run as one model call: on an
 accelerator one forward pass over 32 texts costs little more than over one; on a CPU the gain is
-what the model gains from larger batches (1.6x for all-MiniLM-L6-v2 on 2 cores; see docs/serving.md).
+what the model gains from larger batches (1.6x for all-MiniLM-L6-v2 on 2 cores; see the README section "Save, serve, query").
 Each request is validated on its own before it joins a batch; if a batched call still fails, every
 request of that batch is retried alone, so only the bad one gets the error.
 

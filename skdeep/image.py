@@ -7,7 +7,6 @@ import warnings
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import validate_data
@@ -26,7 +25,6 @@ from .image_io import (
     validate_images,
 )
 from .image_sources import resolve_image_model
-from .persistence import bundled_source
 from .sources import ModelSource
 
 __all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "UnreadableImageWarning", "list_layers"]
@@ -438,32 +436,8 @@ class ImageEncoder(BaseEncoder):
         return out
 
     # ----------------------------------------------------------------- sklearn API
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Check the input and the model, and record the model's identity and output layout.
-
-        Nothing is learned: the encoder is a fixed, pretrained feature extractor. ``fit`` loads the
-        model (once per process) to learn its output dimension and feature names.
-
-        Parameters
-        ----------
-        X : images
-            See the class docstring.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self
-        """
-        self._validate_input(X, reset=True)
-        source = bundled_source(self._model_identity()) or self._resolve_source()
-        backend = self._backend(source)
-        self.model_fingerprint_ = source.fingerprint
-        self.model_origin_ = source.origin
-        self.n_features_out_ = int(backend.dim)
+    def _record_output_layout(self, backend) -> None:
         self.feature_names_out_ = np.asarray(backend.feature_names, dtype=object)
-        return self
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.

@@ -194,7 +194,7 @@ class TextEncoder(BaseEncoder):
         self.cache = cache
         self.bundle_weights = bundle_weights
 
-    def _validate_input(self, X):
+    def _validate_input(self, X, *, reset=False):
         return validate_texts(X)
 
     def _resolve_source(self) -> ModelSource:

@@ -31,7 +31,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))
-from datasets import load_rotten_tomatoes  # noqa: E402
+from real_data import load_rotten_tomatoes  # noqa: E402
 
 from skdeep import EmbeddingCache, TextEncoder  # noqa: E402
 from skdeep.engine import content_keys, settings_namespace  # noqa: E402

@@ -270,7 +270,7 @@ def main():
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE.parent / "examples"))
-    from datasets import load_rotten_tomatoes
+    from real_data import load_rotten_tomatoes
 
     if args.model == "tiny":
         sys.path.insert(0, str(HERE.parent / "tests"))

@@ -70,7 +70,7 @@ def load_texts(kind: str, n: int) -> list[str]:
     if kind == "rt":
         try:
             sys.path.insert(0, str(ROOT / "examples"))
-            from datasets import load_rotten_tomatoes
+            from real_data import load_rotten_tomatoes
 
             texts = list(dict.fromkeys(load_rotten_tomatoes()["text"]))  # distinct, in order
             random.Random(0).shuffle(texts)

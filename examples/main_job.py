@@ -36,7 +36,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load_rotten_tomatoes  # noqa: E402
+from real_data import load_rotten_tomatoes  # noqa: E402
 
 from skdeep import EmbeddingCache, TextEncoder  # noqa: E402
 from skdeep.engine import ENCODE_LOG_ENV  # noqa: E402

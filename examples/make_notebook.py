@@ -16,8 +16,8 @@ CELLS = [
     new_code_cell(
         "import os, sys, time\n"
         "os.environ.setdefault('HF_HUB_OFFLINE', '1')\n"
-        "sys.path.insert(0, '.')  # examples/datasets.py\n"
-        "from datasets import load_rotten_tomatoes\n"
+        "sys.path.insert(0, '.')  # examples/real_data.py\n"
+        "from real_data import load_rotten_tomatoes\n"
         "N = int(os.environ.get('SKDEEP_NOTEBOOK_N', 300))\n"
         "data = load_rotten_tomatoes().sample(N, random_state=0)\n"
         "data.head()"

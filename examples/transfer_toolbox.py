@@ -7,7 +7,7 @@ Each step is the scikit-learn API; run the whole script on a CPU in a few minute
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 import os
 from pathlib import Path
 
@@ -21,12 +21,10 @@ from skdeep.domain import CORAL  # noqa: E402
 from skdeep.finetune import FineTunedTextClassifier  # noqa: E402
 from skdeep.zero_shot import ZeroShotClassifier  # noqa: E402
 
-# examples/datasets.py, loaded by path: a module named "datasets" would shadow Hugging Face's.
-_spec = importlib.util.spec_from_file_location("example_datasets", Path(__file__).with_name("datasets.py"))
-_datasets = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_datasets)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data import load_rotten_tomatoes  # noqa: E402
 
-df = _datasets.load_rotten_tomatoes()
+df = load_rotten_tomatoes()
 test = df.groupby("label").sample(100, random_state=1)
 train = df.drop(test.index).groupby("label").sample(16, random_state=0)  # 16 labelled snippets per class
 X, y = train["text"].tolist(), train["label"].to_numpy()

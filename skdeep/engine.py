@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 
 from . import backends
+from ._config import ENCODE_LOG_ENV, encode_log_path
 from .cache import resolve_cache
 from .claims import claims_for, fetch_claimed_elsewhere
 from .devices import resolve_device
@@ -30,9 +31,6 @@ from .persistence import bundle_state, bundled_source, restore_bundle, verify_on
 from .sources import FingerprintMismatchError, ModelSource
 
 KEY_BYTES = 16
-# Set to a file path to have every process append "<n>\n" for each batch of n rows that reaches a
-# model: how tests (and curious users) count work across loky / Dask worker processes.
-ENCODE_LOG_ENV = "SKDEEP_ENCODE_LOG"
 
 
 def settings_namespace(settings: dict) -> bytes:
@@ -51,7 +49,7 @@ def content_keys(namespace: bytes, payloads: Sequence[bytes]) -> list[bytes]:
 
 
 def _log_encoded(n_rows: int) -> None:
-    path = os.environ.get(ENCODE_LOG_ENV)
+    path = encode_log_path()
     if path and n_rows:
         # One short O_APPEND write per batch is atomic across processes.
         with open(path, "a") as fh:

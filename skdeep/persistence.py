@@ -31,8 +31,7 @@ _bundled: dict[tuple, ModelSource] = {}
 _bundled_lock = threading.Lock()
 
 
-def skdeep_home() -> Path:
-    return Path(os.environ.get("SKDEEP_HOME", Path.home() / ".cache" / "skdeep"))
+from ._config import skdeep_home  # noqa: E402  (re-exported: the ONNX backend imports it from here)
 
 
 def bundle_state(source: ModelSource) -> dict:

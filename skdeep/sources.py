@@ -156,8 +156,7 @@ def _package_file(import_name: str, relative: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def _downloads_allowed() -> bool:
-    return os.environ.get("SKDEEP_ALLOW_DOWNLOAD", "0").lower() in {"1", "true", "yes"}
+from ._config import downloads_allowed as _downloads_allowed  # noqa: E402
 
 
 def _hf_cached_snapshot(repo_id: str) -> str | None:

@@ -1096,3 +1096,6 @@ def resolve_cache(spec):
         "cache must be 'auto', True, False, None, a directory path or an EmbeddingCache; "
         f"got {spec!r} of type {type(spec).__name__}"
     )
+
+
+from .claims import claims_for, fetch_claimed_elsewhere  # noqa: E402,F401  (the engine's entry points)

@@ -13,6 +13,7 @@ error), when its owner process is gone (same host), or when it is older than ``t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -132,6 +133,14 @@ class ComputeClaims:
                 chunk = list(keys[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM claims WHERE owner=? AND key IN ({marks})", [owner, *chunk])
+
+    @contextlib.contextmanager
+    def holding(self, keys: Sequence[bytes]):
+        """Hold the claims on ``keys`` while the body runs; release them at the end."""
+        try:
+            yield
+        finally:
+            self.release(keys)
 
     def abandoned(self, keys: Sequence[bytes]) -> list[bytes]:
         """Of ``keys``, those nobody is computing any more (released, dead or expired owner)."""

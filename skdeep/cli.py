@@ -213,12 +213,12 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def _load_model(path: str, trusted):
+def _load_model(path: str, args):
     from . import persistence
 
     if not Path(path).is_file():
         raise UsageError(f"Model file {path!r} does not exist.")
-    return persistence.load(path, trusted=trusted)
+    return persistence.load(path, trusted=args.trust, allow_pickle=args.allow_pickle)
 
 
 def _override_encoders(model, args) -> None:
@@ -241,7 +241,7 @@ def cmd_predict(args) -> int:
     from .serving import input_kind
 
     _check_suffix(args.out, PREDICT_OUTPUTS)
-    model = _load_model(args.model, args.trust)
+    model = _load_model(args.model, args)
     try:
         kind = input_kind(model)
     except ValueError:
@@ -278,6 +278,7 @@ def cmd_serve(args) -> int:
         max_text_length=args.max_text_length,
         input_kind_override=args.kind,
         trusted=args.trust,
+        allow_pickle=args.allow_pickle,
     )
     return 0
 
@@ -308,9 +309,9 @@ def cmd_info(args) -> int:
     from . import persistence
     from .serving import describe
 
-    model = _load_model(args.model, args.trust)
+    model = _load_model(args.model, args)
     info = {"file": args.model, "size_bytes": Path(args.model).stat().st_size}
-    info["format"] = persistence.format_for(args.model) if Path(args.model).suffix else "unknown"
+    info["format"] = persistence.detect_format(args.model)
     if info["format"] == "skops":
         info["trusted_types"] = persistence._flagged_types(args.model)
     info.update(describe(model))
@@ -336,6 +337,13 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--column", help="column to read from a CSV/TSV/Parquet input")
     p.add_argument("--kind", choices=("auto", "text", "image"), default="auto",
                    help="read INPUT as texts or images (default: image for folders, else text)")
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load a .joblib / .pkl pickle: unpickling runs any code the file contains, so pass "
+                   "this only for files you made (.skops files never need it)")
 
 
 def _positive_int(text: str) -> int:
@@ -388,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="output .csv/.txt, .npy or .parquet (default: stdout, "
                    "one prediction per line, or CSV with a header of classes for --proba)")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
-    p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")
+    _add_load_options(p)
     _add_encoder_options(p, defaults=False)
     p.set_defaults(func=cmd_predict)
 
@@ -409,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most characters per text")
     p.add_argument("--kind", choices=("text", "image"), default=None,
                    help="input kind, when the model has no skdeep encoder to tell")
-    p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")
+    _add_load_options(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
@@ -417,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show a saved pipeline's steps, classes, encoders and expected input.")
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")
+    _add_load_options(p)
     p.set_defaults(func=cmd_info)
     return parser
 

@@ -39,8 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .backends import quiet_loading
 from .devices import resolve_device
-from .persistence import bundle_state, restore_bundle
-from .sources import ModelSource, fingerprint_path, resolve_text_model
+from .sources import ModelSource, fingerprint_path, register_model, resolve_text_model
 from .text import TextEncoder, validate_texts
 
 LOSSES = ("cosine", "pairwise", "triplet", "softmax")
@@ -559,9 +558,7 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             st_model.save(str(tmp))
             fingerprint = fingerprint_path(tmp)
             name = f"{TUNED_PREFIX}{fingerprint}"
-            restore_bundle(
-                bundle_state(ModelSource(name, "finetuned", str(tmp), fingerprint)), ("TextEncoder", name)
-            )
+            register_model(tmp, ("TextEncoder", name), name=name, origin="finetuned")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.tuned_fingerprint_ = fingerprint

@@ -12,9 +12,8 @@ from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import validate_data
 
 from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
-from .cache import resolve_cache
-from .devices import PRECISIONS
-from .engine import BaseEncoder, content_keys, encode_with_cache, settings_namespace
+from .devices import PRECISIONS, resolve_device
+from .engine import BaseEncoder
 from .image_io import (
     ALPHA_BACKGROUND,
     DEFAULT_MAX_PIXELS,
@@ -24,8 +23,7 @@ from .image_io import (
     check_pixel_range,
     validate_images,
 )
-from .image_sources import resolve_image_model
-from .sources import ModelSource
+from .sources import ModelSource, resolve_image_model
 
 __all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "UnreadableImageWarning", "list_layers"]
 
@@ -49,27 +47,6 @@ class UnreadableImageWarning(UserWarning):
         self.positions = positions
 
 
-class _FailuresNotCached:
-    """Cache view that drops the (zero) rows of unreadable images: a failure is reported every time."""
-
-    def __init__(self, cache, failed_keys: set):
-        self._cache = cache
-        self._failed = failed_keys
-
-    def __getattr__(self, name):  # directory (compute claims), stats, ...: the real cache's
-        if name == "_cache":
-            raise AttributeError(name)
-        return getattr(self._cache, name)
-
-    def get_many(self, keys):
-        return self._cache.get_many(keys)
-
-    def put_many(self, keys, vectors):
-        keep = [i for i, k in enumerate(keys) if k not in self._failed]
-        if keep:
-            self._cache.put_many([keys[i] for i in keep], np.asarray(vectors)[keep])
-
-
 def list_layers(model="efficientnet_lite0", weights=None) -> list[str]:
     """Every layer name ``ImageEncoder(model, layers=...)`` accepts for a model.
 
@@ -88,7 +65,7 @@ def list_layers(model="efficientnet_lite0", weights=None) -> list[str]:
     list of str
     """
     source = resolve_image_model(model, weights, 0)
-    return graph_node_names(build_model(source), source.extra["library"])
+    return graph_node_names(build_model(source), source.spec.library)
 
 
 class ImageEncoder(BaseEncoder):
@@ -281,6 +258,14 @@ class ImageEncoder(BaseEncoder):
         self.random_state = random_state
 
     # ----------------------------------------------------------------- engine hooks
+    _family = "image"
+    # Parameters that change the model's output: they salt the cache keys and define the backend.
+    # Not batch_size, device, num_workers, on_error, max_pixels or show_progress: they change no row
+    # that reaches the cache (failed rows never do).
+    _model_settings = ("precision", "layers", "pooling", "image_size", "pixel_range")
+    _progress_desc = "Embedding images"
+    _progress_unit = "img"
+
     def _layer_list(self):
         if self.layers is None:
             return None
@@ -291,6 +276,23 @@ class ImageEncoder(BaseEncoder):
             raise ValueError(f"layers lists a name twice: {self.layers!r}.")
         return tuple(layers)
 
+    def _setting_value(self, name):
+        if name == "layers":
+            return self._layer_list()
+        if name == "pixel_range":
+            return check_pixel_range(self.pixel_range)
+        return super()._setting_value(name)
+
+    def _source_settings(self, source):
+        spec = source.spec
+        return {
+            "pipeline": IMAGE_PIPELINE_VERSION,
+            "library": spec.library,
+            "arch": spec.arch,
+            "preprocess": spec.preprocess.to_dict(),
+            "background": ALPHA_BACKGROUND,
+        }
+
     def _validate_input(self, X, *, reset=False):
         image_shape = check_image_shape(self.image_shape)
         check_pixel_range(self.pixel_range)
@@ -299,9 +301,12 @@ class ImageEncoder(BaseEncoder):
             # A table of pixels: scikit-learn's own checks (sparse, 1-D, empty, NaN, dtype, column count
             # and names), then one row per image.
             X = validate_data(self, X, reset=reset, dtype="numeric", ensure_all_finite=True)
-        return validate_images(
+        items = validate_images(
             X, image_shape=self.image_shape, pixel_range=self.pixel_range, check_files=self.on_error == "raise"
         )
+        for item in items:
+            item.max_pixels = self.max_pixels
+        return items
 
     def _model_identity(self):
         weights = os.fspath(self.weights) if isinstance(self.weights, os.PathLike) else self.weights
@@ -310,110 +315,34 @@ class ImageEncoder(BaseEncoder):
     def _resolve_source(self) -> ModelSource:
         return resolve_image_model(self.model, self.weights, self.random_state)
 
-    def _backend_key(self, source, device):
-        return (
-            "image",
-            source.path,
-            source.fingerprint,
-            source.extra["library"],
-            source.extra["arch"],
-            str(device),
-            self.precision,
-            self._layer_list(),
-            self.pooling,
-            self.image_size,
-        )
-
     def _load_backend(self, source, device):
         return ImageBackend(source, device, self.precision, self._layer_list(), self.pooling, self.image_size)
 
-    def _output_settings(self, source):
-        # Not batch_size, device, num_workers, on_error or show_progress: they do not change any
-        # row that reaches the cache (failed rows never do).
-        return {
-            "family": "image",
-            "pipeline": IMAGE_PIPELINE_VERSION,
-            "fingerprint": source.fingerprint,
-            "library": source.extra["library"],
-            "arch": source.extra["arch"],
-            "preprocess": source.extra["preprocess"],
-            "image_size": self.image_size,
-            "layers": self._layer_list(),
-            "pooling": self.pooling,
-            "precision": self.precision,
-            "pixel_range": check_pixel_range(self.pixel_range),
-            "background": ALPHA_BACKGROUND,
-        }
-
     def _content_payloads(self, items):
-        if len(items) >= _HASH_IN_THREADS and self._n_workers(len(items)) > 0:
+        if len(items) >= _HASH_IN_THREADS and self._num_workers(len(items)) > 0:
             from concurrent.futures import ThreadPoolExecutor
 
             # File hashing releases the GIL: read and hash files concurrently.
-            with ThreadPoolExecutor(max_workers=self._n_workers(len(items))) as pool:
+            with ThreadPoolExecutor(max_workers=self._num_workers(len(items))) as pool:
                 return list(pool.map(lambda item: item.payload(), items))
         return [item.payload() for item in items]
 
-    def _n_workers(self, n_items: int) -> int:
+    def _num_workers(self, n_items: int) -> int:
         if self.num_workers != "auto":
             return int(self.num_workers)
         cores = os.cpu_count() or 1
         if n_items <= 1:
             return 0
-        from .devices import resolve_device
-
         on_cpu = resolve_device(self.device).type == "cpu"
         # On the CPU the model's own threads need the cores; decoding is the smaller share.
         return max(1, min(8, cores - 2 if on_cpu else cores))
 
-    def _embed(self, backend: ImageBackend, items: list, failures: list):
-        progress = None
-        if self.show_progress:
-            from tqdm.auto import tqdm
+    def _collect_failures(self):
+        return self.on_error != "raise"
 
-            progress = tqdm(total=len(items), desc="Embedding images", unit="img")
-        try:
-            vectors, failed = backend.encode(
-                items,
-                batch_size=self.batch_size,
-                num_workers=self._n_workers(len(items)),
-                max_pixels=self.max_pixels,
-                skip_unreadable=self.on_error != "raise",
-                on_batch_done=progress.update if progress is not None else None,
-            )
-        finally:
-            if progress is not None:
-                progress.close()
-        failures.extend((items[i], error) for i, error in failed)
-        return vectors
-
-    def _encode_misses(self, backend, items):
-        return self._embed(backend, items, [])
-
-    def _encode(self, X) -> np.ndarray:
-        items = self._validate_input(X)
-        source = self._source()
-        namespace = settings_namespace(self._output_settings(source))
-        keys = content_keys(namespace, self._content_payloads(items))
-        failures: list = []
-        failed_keys: set = set()
-
-        def encode_misses(misses):
-            vectors = self._embed(self._backend(source), misses, failures)
-            failed_keys.update(keys[item.position] for item, _ in failures)
-            return vectors
-
-        cache = resolve_cache(self.cache)
-        out = encode_with_cache(
-            items,
-            keys,
-            cache=_FailuresNotCached(cache, failed_keys) if cache is not None else None,
-            encode_misses=encode_misses,
-        )
-        if not failed_keys:
-            return out
-        positions = [i for i, key in enumerate(keys) if key in failed_keys]
-        examples = "; ".join(str(error) for _, error in failures[:3])
+    def _handle_failures(self, X, items, vectors, failures):
+        positions = sorted(failures)
+        examples = "; ".join(str(failures[i]) for i in positions[:3])
         action = "replaced by rows of zeros" if self.on_error == "zero" else "dropped from the output"
         warnings.warn(
             UnreadableImageWarning(
@@ -423,17 +352,17 @@ class ImageEncoder(BaseEncoder):
             ),
             stacklevel=3,
         )
-        if self.on_error == "skip":
-            import pandas as pd
+        if self.on_error == "zero":
+            return vectors
+        import pandas as pd
 
-            # set_output gives the result the input's index, which no longer fits.
-            if isinstance(X, (pd.DataFrame, pd.Series)) and _get_output_config("transform", self)["dense"] != "default":
-                raise ValueError(
-                    f"on_error='skip' dropped {len(positions)} rows, but set_output(transform=...) must keep the "
-                    "input's index; use on_error='zero' to keep every row."
-                )
-            out = np.delete(out, positions, axis=0)
-        return out
+        # set_output gives the result the input's index, which no longer fits.
+        if isinstance(X, (pd.DataFrame, pd.Series)) and _get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"on_error='skip' dropped {len(positions)} rows, but set_output(transform=...) must keep the "
+                "input's index; use on_error='zero' to keep every row."
+            )
+        return np.delete(vectors, positions, axis=0)
 
     # ----------------------------------------------------------------- sklearn API
     def _record_output_layout(self, backend) -> None:

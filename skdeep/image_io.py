@@ -77,15 +77,19 @@ class ImageInput:
         Row of the input this image came from (named in error messages).
     pixel_range : tuple of two floats or None
         For arrays: the values that map to black and white.
+    max_pixels : int or None
+        Largest image to decode (a decompression-bomb guard); None: PIL's own limit only.
     """
 
-    __slots__ = ("kind", "data", "position", "pixel_range", "_digest", "error")
+    __slots__ = ("kind", "data", "position", "pixel_range", "max_pixels", "_digest", "error")
 
-    def __init__(self, kind: str, data, position: int, pixel_range=None):
+    def __init__(self, kind: str, data, position: int, pixel_range=None, max_pixels=DEFAULT_MAX_PIXELS):
         self.kind = kind
         self.data = data
         self.position = position
         self.pixel_range = pixel_range
+        # Decoding limit of the encoder that validated this image (backends are shared by encoders).
+        self.max_pixels = max_pixels
         self._digest: bytes | None = None
         # Set when the image is known to be unreadable before decoding (e.g. a missing file).
         self.error: Exception | None = None

@@ -1,99 +1,43 @@
-"""Pickling encoders by reference, or with their weights bundled.
+"""Saving and loading fitted pipelines safely: skops (default) or joblib, with integrity checks.
 
 By default a fitted encoder pickles as its parameters plus ``model_fingerprint_``: a few hundred
-bytes. Loading checks that the model found on this machine has that fingerprint. With
-``bundle_weights=True`` the model's files travel inside the pickle and are unpacked, once per
-fingerprint, under ``$SKDEEP_HOME/bundles`` (default ``~/.cache/skdeep/bundles``) when loaded.
+bytes. Loading checks that the model found on this machine has that fingerprint
+(:func:`verify_on_load`). With ``bundle_weights=True`` the model's files travel inside the file and
+are checked and unpacked by :mod:`skdeep.sources.bundles`.
 
-:func:`save` and :func:`load` store whole pipelines either with skops (``.skops``: a safe format that
-rebuilds only trusted types; skdeep's own estimators are trusted) or with joblib (``.joblib``,
-``.pkl``: a pickle). Both go through the encoders' ``__getstate__`` / ``__setstate__``, so weights
-are referenced or bundled, and fingerprints checked, the same way in either format.
+:func:`save` and :func:`load` store whole pipelines either with skops (``.skops``: a zip of JSON and
+arrays that rebuilds only trusted types; skdeep's own estimators are trusted) or with joblib
+(``.joblib``, ``.pkl``: a pickle, which runs code when loaded, so :func:`load` reads one only with
+``allow_pickle=True``). Both carry a SHA-256 of their content, checked before anything is rebuilt:
+a damaged or truncated file gives one :class:`CorruptFileError` instead of a wrong model.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import inspect
+import io
 import os
-import tempfile
-import threading
+import pickle
+import re
+import struct
 import uuid
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
-from .sources import FingerprintMismatchError, ModelNotFoundError, ModelSource, fingerprint_path
-
-BUNDLE_FORMAT = 1
-
-_bundled: dict[tuple, ModelSource] = {}
-_bundled_lock = threading.Lock()
+from .sources import BundleError, FingerprintMismatchError, ModelNotFoundError
 
 
-from ._config import skdeep_home  # noqa: E402  (re-exported: the ONNX backend imports it from here)
+class CorruptFileError(ValueError):
+    """A saved model file is damaged, truncated or not what its name says; nothing was loaded."""
 
 
-def bundle_state(source: ModelSource) -> dict:
-    """Everything needed to rebuild ``source`` on a machine that lacks it."""
-    if source.path is None:
-        # Random-init models are rebuilt from code and seed: nothing to carry.
-        files, is_file = {}, False
-    else:
-        files = {rel: path.read_bytes() for rel, path in source.files().items()}
-        is_file = Path(source.path).is_file()
-    return {
-        "format": BUNDLE_FORMAT,
-        "name": source.name,
-        "origin": source.origin,
-        "fingerprint": source.fingerprint,
-        "extra": dict(source.extra),
-        "is_file": is_file,
-        "files": files,
-    }
-
-
-def restore_bundle(bundle: dict, identity: tuple) -> ModelSource:
-    """Unpack a bundle (once per fingerprint) and make it stand in for ``identity`` in this process."""
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"Unsupported skdeep bundle format {bundle.get('format')!r}.")
-    fingerprint = bundle["fingerprint"]
-    if bundle["files"]:
-        root = skdeep_home() / "bundles" / fingerprint
-        if not root.exists():
-            root.parent.mkdir(parents=True, exist_ok=True)
-            # Unpack beside the target and rename: concurrent loaders never see a half-written folder.
-            tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{fingerprint}-"))
-            for rel, data in bundle["files"].items():
-                target = (tmp / rel).resolve()
-                if tmp.resolve() not in target.parents:
-                    raise ValueError(f"Refusing bundle entry {rel!r} that escapes the bundle folder.")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            try:
-                os.rename(tmp, root)
-            except OSError:  # another process won the race; its copy is identical
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-        path = root / next(iter(bundle["files"])) if bundle["is_file"] else root
-        actual = fingerprint_path(path)
-        if actual != fingerprint:
-            raise FingerprintMismatchError(
-                f"The weights bundled for {bundle['name']!r} unpacked to {str(path)!r} with fingerprint {actual}, "
-                f"expected {fingerprint}: the bundle or the folder is damaged. Delete {str(root)!r} and load again."
-            )
-        source = ModelSource(bundle["name"], "bundle", str(path), fingerprint, bundle["extra"])
-    else:
-        source = ModelSource(bundle["name"], bundle["origin"], None, fingerprint, bundle["extra"])
-    with _bundled_lock:
-        _bundled[identity] = source
-    return source
-
-
-def bundled_source(identity: tuple) -> ModelSource | None:
-    """The source restored from a bundle for this model identity in this process, if any."""
-    return _bundled.get(identity)
+class PickleNotAllowedError(ValueError):
+    """A file is a pickle, and loading pickles was not allowed (``allow_pickle=False``)."""
 
 
 def verify_on_load(encoder) -> None:
@@ -202,12 +146,10 @@ def is_skdeep_estimator_type(type_name: str) -> bool:
 
 
 def _flagged_types(path) -> list[str]:
-    import zipfile
-
     try:
         return _skops_io().get_untrusted_types(file=path)
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise ValueError(f"{str(path)!r} is not a readable .skops file ({exc}).") from exc
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, zlib.error, struct.error) as exc:
+        raise CorruptFileError(f"{str(path)!r} is not a readable .skops file ({_short(exc)}).") from exc
 
 
 def untrusted_types(path, trusted=None) -> list[str]:
@@ -273,6 +215,125 @@ def _write_atomically(path: Path, write) -> None:
         raise
 
 
+# ---------------------------------------------------------------------------------------------
+# integrity: a SHA-256 of the content, written by save() and checked by load() before rebuilding
+
+#: First line of a joblib file written by :func:`save`: ``skdeep-joblib 1 <sha256> <payload bytes>``.
+_JOBLIB_HEADER = re.compile(rb"skdeep-joblib 1 ([0-9a-f]{64}) ([0-9]{1,15})\n")
+_JOBLIB_HEADER_MAX = 128
+#: The zip comment of a .skops file written by :func:`save`.
+_SKOPS_COMMENT = re.compile(rb"skdeep-sha256=([0-9a-f]{64})")
+_READ_CHUNK = 1 << 20
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _zip_digest(zf: zipfile.ZipFile) -> str:
+    """SHA-256 over every member's name and content, in archive order (reading checks each CRC too)."""
+    digest = hashlib.sha256()
+    for info in zf.infolist():
+        digest.update(info.filename.encode() + b"\0" + str(info.file_size).encode() + b"\0")
+        with zf.open(info) as fh:
+            while chunk := fh.read(_READ_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seal_skops(path: str) -> None:
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.comment = b"skdeep-sha256=" + _zip_digest(zf).encode()
+
+
+def _check_skops(path: Path) -> None:
+    """Raise :class:`CorruptFileError` unless ``path`` is a complete zip whose content matches its seal."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            sealed = _SKOPS_COMMENT.fullmatch(zf.comment)
+            actual = _zip_digest(zf)  # also checks every member's CRC
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error) as exc:
+        raise CorruptFileError(f"{str(path)!r} is damaged or truncated: not a readable .skops file ({_short(exc)}).") from exc
+    if sealed is not None and sealed.group(1).decode() != actual:
+        raise CorruptFileError(
+            f"{str(path)!r} is damaged: its content does not match the checksum saved with it. Save the model again."
+        )
+
+
+def _write_joblib(obj, path: str) -> None:
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    payload = buffer.getvalue()
+    with open(path, "wb") as fh:
+        fh.write(f"skdeep-joblib 1 {hashlib.sha256(payload).hexdigest()} {len(payload)}\n".encode())
+        fh.write(payload)
+
+
+def _joblib_payload(path: Path) -> tuple[int, bool]:
+    """Offset of the pickle in a joblib file, and whether a checksum was verified.
+
+    Files written by :func:`save` start with a header holding the payload's SHA-256 and length,
+    checked here, before anything is unpickled. Plain ``joblib.dump`` files have no header.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_JOBLIB_HEADER_MAX)
+        if not head.startswith(b"skdeep-joblib "):
+            return 0, False
+        match = _JOBLIB_HEADER.match(head)
+        if match is None:
+            raise CorruptFileError(f"{str(path)!r} is damaged: its skdeep header is unreadable.")
+        offset = match.end()
+        expected, size = match.group(1).decode(), int(match.group(2))
+        fh.seek(offset)
+        digest, read = hashlib.sha256(), 0
+        while chunk := fh.read(_READ_CHUNK):
+            digest.update(chunk)
+            read += len(chunk)
+    if read != size:
+        raise CorruptFileError(f"{str(path)!r} is truncated or damaged: {read:,} bytes of model data, expected {size:,}.")
+    if digest.hexdigest() != expected:
+        raise CorruptFileError(
+            f"{str(path)!r} is damaged: its content does not match the checksum saved with it. Save the model again."
+        )
+    return offset, True
+
+
+# Errors unpickling raises on damaged data (the header catches damage first in files save() wrote).
+_UNPICKLING_ERRORS = (EOFError, pickle.UnpicklingError, struct.error, zlib.error, IndexError, MemoryError)
+
+
+def _load_joblib(path: Path):
+    import joblib
+
+    offset, verified = _joblib_payload(path)
+    if not verified:
+        warnings.warn(
+            f"{str(path)!r} carries no checksum (it was not written by skdeep.save): damage to it cannot be "
+            "detected before it is unpickled.",
+            UserWarning,
+            stacklevel=3,
+        )
+    with open(path, "rb") as fh, _explained_import_errors(path):
+        fh.seek(offset)
+        try:
+            return joblib.load(fh)
+        except (FingerprintMismatchError, BundleError, ModelNotFoundError):
+            raise
+        except (*_UNPICKLING_ERRORS, ValueError, KeyError, TypeError) as exc:
+            if verified and not isinstance(exc, _UNPICKLING_ERRORS):
+                raise  # the bytes are intact: a genuine error while rebuilding, not damage
+            raise CorruptFileError(
+                f"{str(path)!r} is damaged or truncated: it could not be unpickled ({_short(exc)})."
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# save and load
+
+
 def save(obj, path, format=None) -> Path:
     """Save a fitted estimator or pipeline to ``path``.
 
@@ -297,39 +358,71 @@ def save(obj, path, format=None) -> Path:
     Model weights are referenced in both formats: the file holds each encoder's model name and
     the fingerprint of its weights, checked again on load. Encoders with ``bundle_weights=True``
     carry their model's files inside the saved file instead.
+
+    Both formats carry a SHA-256 of their content, which :func:`load` checks before rebuilding
+    anything: in the zip's comment for ``.skops``, in a one-line header for ``.joblib`` (so a
+    ``.joblib`` file written here is read with :func:`load`, not with ``joblib.load``).
     """
     path = Path(path)
     fmt = format_for(path, format)
     if fmt == "skops":
         sio = _skops_io()
         obj = _replace_cache_objects(obj)
-        _write_atomically(path, lambda tmp: sio.dump(obj, tmp))
-    else:
-        import joblib
 
-        _write_atomically(path, lambda tmp: joblib.dump(obj, tmp))
+        def write(tmp):
+            sio.dump(obj, tmp)
+            _seal_skops(tmp)
+
+        _write_atomically(path, write)
+    else:
+        _write_atomically(path, lambda tmp: _write_joblib(obj, tmp))
     return path
 
 
-def load(path, trusted=None):
+def detect_format(path) -> str:
+    """``"skops"`` or ``"joblib"``, from the file's first bytes; :class:`CorruptFileError` otherwise."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return "skops"
+    if head[:1] == _PICKLE_MAGIC or head.startswith(b"skdeep-joblib "):
+        return "joblib"
+    if not head:
+        raise CorruptFileError(f"{str(path)!r} is empty (0 bytes): not a saved model.")
+    raise CorruptFileError(
+        f"{str(path)!r} is neither a .skops file nor a pickle; saved models end in "
+        f"{', '.join(SKOPS_SUFFIXES + JOBLIB_SUFFIXES)}."
+    )
+
+
+def load(path, trusted=None, *, allow_pickle=False):
     """Load an estimator saved with :func:`save` (or with ``skops.io.dump`` / ``joblib.dump``).
 
     Parameters
     ----------
     path : str or path-like
-        A ``.skops`` file, or a ``.joblib`` / ``.pkl`` pickle. Other suffixes are recognised by
-        content (a zip is read as skops, never unpickled).
+        A ``.skops`` file, or a ``.joblib`` / ``.pkl`` pickle. The format is told from the file's
+        content (a zip is read as skops, never unpickled; a file named ``.skops`` is never
+        unpickled either).
     trusted : list of str or type, default=None
         For ``.skops`` files: types to trust beyond scikit-learn's defaults and skdeep's own
-        estimators, e.g. ``["mypackage.MyTransformer"]``. Ignored for pickles, which trust
-        everything.
+        estimators, e.g. ``["mypackage.MyTransformer"]``.
+    allow_pickle : bool, default=False
+        Whether a pickle may be loaded. Unpickling runs whatever code the file contains: allow it
+        only for files you made. skops files never need it.
 
     Returns
     -------
     estimator
+        The rebuilt estimator.
 
     Raises
     ------
+    CorruptFileError
+        If the file is damaged, truncated or empty (nothing is rebuilt).
+    PickleNotAllowedError
+        If the file is a pickle and ``allow_pickle`` is False.
     UntrustedTypesError
         If a ``.skops`` file holds types that are not trusted; the message lists them.
     FingerprintMismatchError
@@ -338,25 +431,18 @@ def load(path, trusted=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No saved model at {str(path)!r}.")
-    try:
-        fmt = format_for(path)
-    except ValueError:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-        if head == _ZIP_MAGIC:
-            fmt = "skops"
-        elif head[:1] == _PICKLE_MAGIC:
-            fmt = "joblib"
-        else:
-            raise ValueError(
-                f"{str(path)!r} is neither a .skops file nor an uncompressed pickle; saved models end in "
-                f"{', '.join(SKOPS_SUFFIXES + JOBLIB_SUFFIXES)}."
-            ) from None
+    fmt = detect_format(path)
+    if fmt == "joblib" and path.suffix.lower() in SKOPS_SUFFIXES:
+        # A file named .skops is expected to be safe: it is never unpickled, whatever it holds.
+        raise CorruptFileError(f"{str(path)!r} is not a readable .skops file: it holds a pickle.")
     if fmt == "joblib":
-        import joblib
-
-        with _explained_import_errors(path):
-            return joblib.load(path)
+        if not allow_pickle:
+            raise PickleNotAllowedError(
+                f"{str(path)!r} is a pickle: loading it runs any code it contains. Load only pickles you made, "
+                "with allow_pickle=True (on the command line: --allow-pickle), or save the model as .skops."
+            )
+        return _load_joblib(path)
+    _check_skops(path)
     flagged = _flagged_types(path)
     remaining = _remaining(flagged, trusted)
     if remaining:

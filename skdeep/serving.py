@@ -473,6 +473,7 @@ def create_app(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     input_kind_override: Optional[str] = None,
     trusted=None,
+    allow_pickle: bool = False,
     warmup: bool = True,
 ):
     """Build the FastAPI app serving ``model``.
@@ -497,6 +498,8 @@ def create_app(
         What the model takes, when it has no skdeep encoder to tell.
     trusted : list of str, default=None
         Extra types to trust when loading a ``.skops`` file.
+    allow_pickle : bool, default=False
+        Whether ``model`` may be a pickle (``.joblib``): unpickling runs any code the file holds.
     warmup : bool, default=True
         Run each endpoint's model call once at start-up, so the first request does not pay for
         loading the weights.
@@ -516,7 +519,7 @@ def create_app(
     source_file = None
     if not hasattr(model, "get_params"):
         source_file = str(model)
-        model = persistence.load(model, trusted=trusted)
+        model = persistence.load(model, trusted=trusted, allow_pickle=allow_pickle)
     if input_kind_override is not None and input_kind_override not in INPUT_KINDS:
         raise ValueError(f"input_kind_override must be one of {INPUT_KINDS}, got {input_kind_override!r}.")
     kind = input_kind_override or input_kind(model)

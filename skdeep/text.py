@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .backends.text import POOLING_MODES, SentenceTransformerBackend
-from .devices import PRECISIONS, run_in_batches
+from .devices import PRECISIONS
 from .engine import BaseEncoder, l2_normalize
 from .sources import ModelSource, resolve_text_model
 
@@ -194,15 +194,18 @@ class TextEncoder(BaseEncoder):
         self.cache = cache
         self.bundle_weights = bundle_weights
 
+    # ----------------------------------------------------------------- engine hooks
+    _family = "text"
+    # Parameters that change the model's output: they salt the cache keys and define the backend.
+    _model_settings = ("backend", "precision", "max_length", "pooling")
+    _progress_desc = "Embedding texts"
+    _progress_unit = "text"
+
     def _validate_input(self, X, *, reset=False):
         return validate_texts(X)
 
     def _resolve_source(self) -> ModelSource:
         return resolve_text_model(self.model)
-
-    def _backend_key(self, source, device):
-        return ("text", self.backend, source.path, source.fingerprint, str(device), self.precision,
-                self.max_length, self.pooling)
 
     def _load_backend(self, source, device):
         if self.backend == "torch":
@@ -213,44 +216,12 @@ class TextEncoder(BaseEncoder):
             source, quantize=self.backend == "onnx-int8", max_length=self.max_length, pooling=self.pooling
         )
 
-    def _output_settings(self, source):
-        # Not batch_size, device or show_progress: they do not change the output.
-        return {
-            "family": "text",
-            "backend": self.backend,
-            "fingerprint": source.fingerprint,
-            "precision": self.precision,
-            "normalize": bool(self.normalize),
-            "max_length": self.max_length,
-            "pooling": self.pooling,
-        }
-
     def _content_payloads(self, items):
         return [t.encode("utf-8", "surrogatepass") for t in items]
 
-    def _encode_misses(self, backend, texts):
-        # Longest first: batches of similar length waste little padding, and an out-of-memory
-        # error, if any, comes on the first batch.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        ordered = [texts[i] for i in order]
-        progress = None
-        if self.show_progress:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(ordered), desc="Embedding texts", unit="text")
-        try:
-            parts = run_in_batches(
-                backend.encode, ordered, self.batch_size, on_batch_done=progress.update if progress else None
-            )
-        finally:
-            if progress is not None:
-                progress.close()
-        vectors = np.concatenate(parts, axis=0)
-        if self.normalize:
-            vectors = l2_normalize(vectors)
-        out = np.empty_like(vectors)
-        out[order] = vectors
-        return out
+    def _postprocess(self, vectors):
+        # After the cache: a grid over normalize reads the same cached vectors.
+        return l2_normalize(vectors) if self.normalize else vectors
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

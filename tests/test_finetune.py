@@ -12,7 +12,8 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from skdeep import TextEncoder, persistence
+from skdeep import TextEncoder
+from skdeep.sources import clear_registered
 from skdeep import backends as backend_registry
 from skdeep.finetune import FineTunedTextClassifier, make_pairs
 
@@ -148,7 +149,7 @@ def test_pickle_carries_the_tuned_weights(tuned):
     expected = tuned.predict_proba(HELD_OUT)
     # Forget everything this process knows about the tuned model, as a fresh process would.
     shutil.rmtree(tuned.encoder_._source().path)
-    persistence._bundled.clear()
+    clear_registered()
     backend_registry.clear_backends()
     restored = pickle.loads(blob)
     np.testing.assert_allclose(restored.predict_proba(HELD_OUT), expected, atol=1e-6)

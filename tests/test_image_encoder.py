@@ -17,11 +17,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skdeep import backends
-from skdeep.backends.image import Preprocessing, build_model
+from skdeep.backends.image import build_model
 from skdeep.cache import EmbeddingCache
 from skdeep.image import ImageEncoder, UnreadableImageWarning, list_layers
 from skdeep.image_io import ImageInput, ImageTooLargeError, UnreadableImageError
-from skdeep.image_sources import resolve_image_model
+from skdeep.sources import Preprocessing, resolve_image_model
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_pooling_modes_on_a_relu_map(images):
 def test_token_pooling_on_a_vit_matches_the_model(images):
     source = resolve_image_model("timm:test_vit", None, 0)
     vit = build_model(source, 32)
-    pre = Preprocessing.from_dict(source.extra["preprocess"]).with_image_size(32)
+    pre = source.spec.preprocess.with_image_size(32)
     x = pre.normalizer(torch.device("cpu"))(torch.stack([pre.geometric(Image.fromarray(im)) for im in images]))
     with torch.inference_mode():
         tokens = vit.forward_features(x)
@@ -148,7 +148,7 @@ def test_preprocessing_equals_the_weights_own_transforms():
 
 def test_packaged_lite0_preprocessing_comes_from_timm():
     source = resolve_image_model("efficientnet_lite0", "DEFAULT")
-    pre = source.extra["preprocess"]
+    pre = source.spec.preprocess.to_dict()
     assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
     assert pre["crop"] == [224, 224] and pre["interpolation"] == "bicubic"
 
@@ -302,11 +302,11 @@ def test_out_of_memory_halves_the_batch(images, monkeypatch):
     with pytest.warns(RuntimeWarning, match="batch_size=2"):
         out = enc.transform(images)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
-    assert sizes[:3] == [5, 2, 2] and backend._max_batch == 2
+    assert sizes[:3] == [5, 2, 2] and backend.max_batch_size == 2
     sizes.clear()
     enc.transform(images[::-1])
     assert max(sizes) == 2  # the smaller size is kept for later calls
-    monkeypatch.setattr(backend, "_max_batch", 1 << 30)
+    monkeypatch.setattr(backend, "max_batch_size", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,15 +405,14 @@ def test_warnings_do_not_leak_from_clean_runs(images):
 
 
 def test_disk_cache_is_shared_and_keeps_compute_claims(tmp_path, files, broken):
-    from skdeep.claims import claims_for
-    from skdeep.image import _FailuresNotCached
+    from skdeep.cache import claims_for, resolve_cache
 
     cache_dir = tmp_path / "cache"
     first = ImageEncoder(**dict(TINY, cache=str(cache_dir)), on_error="zero")
     with pytest.warns(UnreadableImageWarning):
         out = first.transform(broken)
-    view = _FailuresNotCached(first.cache if not isinstance(first.cache, str) else EmbeddingCache(cache_dir), set())
-    assert claims_for(view) is not None  # the view still exposes the cache directory
+    # Images take the engine's one path, so processes sharing this directory coordinate through claims.
+    assert claims_for(resolve_cache(first.cache)) is not None
     cold = EmbeddingCache(cache_dir)  # another instance (as another process would open it)
     again = ImageEncoder(**dict(TINY, cache=cold), on_error="zero")
     with pytest.warns(UnreadableImageWarning, match="3 of 6"):

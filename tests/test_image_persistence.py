@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 
 from skdeep import backends
 from skdeep.image import ImageEncoder
-from skdeep.persistence import _bundled
+from skdeep.sources import clear_registered
 from skdeep.sources import FingerprintMismatchError
 
 # Runs in a fresh interpreter: nothing loaded, nothing memoised. Prints the first pickle's
@@ -95,7 +95,7 @@ def test_bundle_in_process_after_checkpoint_removal(tmp_path, fitted):
         loaded = pickle.loads(blob)
         np.testing.assert_allclose(loaded.predict_proba(files), expected, rtol=1e-5, atol=1e-6)
     finally:
-        _bundled.clear()
+        clear_registered()
 
 
 def test_random_init_pickles_small_and_identical(tmp_path):

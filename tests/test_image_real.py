@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from skdeep.backends.image import Preprocessing, build_model
+from skdeep.backends.image import build_model
 from skdeep.image import ImageEncoder
-from skdeep.image_sources import resolve_image_model
+from skdeep.sources import resolve_image_model
 
 pytestmark = [
     pytest.mark.real_model,
@@ -26,7 +26,7 @@ data = pytest.importorskip("skimage.data")
 def test_lite0_classifies_chelsea_and_embeds_meaningfully():
     source = resolve_image_model("efficientnet_lite0")
     classifier = build_model(source)  # head kept: the remapped weights loaded strictly
-    pre = Preprocessing.from_dict(source.extra["preprocess"])
+    pre = source.spec.preprocess
     x = pre.normalizer(torch.device("cpu"))(pre.geometric(Image.fromarray(data.chelsea()))[None])
     with torch.inference_mode():
         top3 = classifier(x).topk(3).indices[0].tolist()

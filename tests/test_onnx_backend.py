@@ -152,7 +152,7 @@ def test_onnx_file_is_keyed_by_weights(tiny_text_model, tmp_path):
     a = onnx_backend.OnnxTextBackend(resolve_text_model(tiny_text_model))
     b = onnx_backend.OnnxTextBackend(resolve_text_model(other))
     assert a.path != b.path and b.exported
-    assert not np.allclose(a.encode(TEXTS), b.encode(TEXTS))
+    assert not np.allclose(a.forward(TEXTS), b.forward(TEXTS))
 
 
 def test_cache_keeps_backends_apart(tiny_text_model):

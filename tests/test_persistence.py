@@ -15,6 +15,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from conftest import build_tiny_text_model, run_fresh_process
 from skdeep.persistence import (
+    PickleNotAllowedError,
     UntrustedTypesError,
     format_for,
     is_skdeep_estimator_type,
@@ -156,7 +157,9 @@ def test_joblib_path_and_format_choice(tiny_text_model, tmp_path):
     for name in ("p.joblib", "p.pkl"):
         path = save(pipe, tmp_path / name)
         assert not zipfile.is_zipfile(path)
-        np.testing.assert_array_equal(load(path).predict_proba(TEXTS), pipe.predict_proba(TEXTS))
+        with pytest.raises(PickleNotAllowedError, match="allow_pickle=True"):
+            load(path)  # unpickling runs code: never by default
+        np.testing.assert_array_equal(load(path, allow_pickle=True).predict_proba(TEXTS), pipe.predict_proba(TEXTS))
     # Unknown suffixes: explicit format to save, content sniffing to load (a zip is never unpickled).
     path = save(pipe, tmp_path / "model.bin", format="skops")
     assert zipfile.is_zipfile(path)

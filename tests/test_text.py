@@ -137,7 +137,7 @@ def test_missing_model_error_says_what_was_looked_for():
         TextEncoder("no-such-model-xyz").fit(["x"])
     msg = str(info.value)
     assert "no-such-model-xyz" in msg
-    assert "Hugging Face cache" in msg and "skdeep[models]" in msg and "SKDEEP_ALLOW_DOWNLOAD" in msg
+    assert "Hugging Face cache" in msg and "scikit-deep[models]" in msg and "SKDEEP_ALLOW_DOWNLOAD" in msg
 
 
 def test_clones_share_one_loaded_model(tiny_text_model):

@@ -1,36 +1,28 @@
 """torchvision / timm backend for :class:`skdeep.ImageEncoder`.
 
-Four parts, in the order an image meets them:
+Three parts, in the order an image meets them:
 
-* :class:`Preprocessing`: the resize / crop / normalisation that belongs to the weights, read from
-  their own transforms (torchvision's ``weights.transforms()``, timm's ``create_transform``). It is
-  split in two: the geometric part (PIL, 8-bit) runs in decode threads; scaling to float and
-  normalising run on the model's device, on whole batches.
-* :func:`build_model`: the architecture with its weights (strict loading; random init seeded).
+* :func:`build_model`: the architecture with its weights (strict loading; random init seeded), as
+  the source's :class:`~skdeep.sources.ImageModelSpec` describes it.
 * :class:`PooledFeatures`: the chosen layers (torchvision / timm FX feature extraction, or the
   backbone's last feature map), each pooled and concatenated.
-* :class:`ImageBackend`: decodes cache misses in a thread pool while the model runs on earlier
-  batches, with pinned memory and non-blocking copies on CUDA, ``channels_last``, autocast and
-  out-of-memory back-off.
+* :class:`ImageBackend`: the engine's backend. ``prepare`` decodes and resizes one image (the
+  engine runs it in threads ahead of the model); ``forward`` normalises a batch on the model's
+  device and embeds it, with pinned memory and non-blocking copies on CUDA, ``channels_last`` and
+  autocast. The preprocessing belongs to the weights (:class:`~skdeep.sources.Preprocessing`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..devices import autocast, run_in_batches
-from ..image_io import DEFAULT_MAX_PIXELS, ImageInput, UnreadableImageError
+from ..devices import autocast
+from ..image_io import ImageInput, UnreadableImageError
 from ..sources import ModelSource
 
 POOLING_MODES = ("avg", "max", "gem", "cls")
@@ -38,109 +30,6 @@ GEM_P = 3.0
 # Trailing top-level children that are not the backbone: heads, pooling, and auxiliary classifiers.
 _HEAD_NAMES = {"fc", "classifier", "heads", "head", "dropout", "flatten", "aux1", "aux2", "AuxLogits"}
 _POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Linear)
-
-
-# ---------------------------------------------------------------------------------------------
-# preprocessing
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize, centre crop and normalisation of one model's weights.
-
-    Attributes
-    ----------
-    resize : tuple of int
-        ``(s,)``: resize the shorter side to ``s`` keeping the aspect ratio; ``(h, w)``: resize to that.
-    crop : tuple of int
-        ``(h, w)`` of the centre crop fed to the model.
-    interpolation : str
-        torchvision ``InterpolationMode`` value (``"bilinear"``, ``"bicubic"``, ...); antialiased.
-    mean, std : tuple of float
-        Per-channel normalisation of pixels scaled to [0, 1].
-    """
-
-    resize: tuple
-    crop: tuple
-    interpolation: str
-    mean: tuple
-    std: tuple
-
-    @classmethod
-    def from_torchvision(cls, transform) -> Preprocessing:
-        """From torchvision's ``weights.transforms()`` (an ``ImageClassification`` preset)."""
-        crop = tuple(int(v) for v in transform.crop_size)
-        return cls(
-            resize=tuple(int(v) for v in transform.resize_size),
-            crop=crop * 2 if len(crop) == 1 else crop,
-            interpolation=transform.interpolation.value,
-            mean=tuple(float(v) for v in transform.mean),
-            std=tuple(float(v) for v in transform.std),
-        )
-
-    @classmethod
-    def from_transform(cls, compose) -> Preprocessing:
-        """From an eval ``Compose`` of Resize, CenterCrop, ToTensor and Normalize (timm's ``create_transform``)."""
-        from torchvision import transforms as T
-
-        resize = crop = interpolation = mean = std = None
-        for step in getattr(compose, "transforms", [compose]):
-            if isinstance(step, T.Resize):
-                size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
-                resize, interpolation = tuple(int(v) for v in size), step.interpolation.value
-            elif isinstance(step, T.CenterCrop):
-                crop = tuple(int(v) for v in step.size)
-                crop = crop * 2 if len(crop) == 1 else crop
-            elif isinstance(step, T.Normalize):
-                mean = tuple(float(v) for v in torch.as_tensor(step.mean).flatten())
-                std = tuple(float(v) for v in torch.as_tensor(step.std).flatten())
-            elif type(step).__name__ in {"ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor"}:
-                continue
-            else:
-                raise ValueError(f"Unsupported preprocessing step {step!r} in the model's transforms.")
-        if None in (resize, crop, mean, std):
-            raise ValueError(f"The model's transforms lack a resize, crop or normalisation: {compose!r}.")
-        return cls(resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def with_image_size(self, image_size: int | None) -> Preprocessing:
-        """Square crop of ``image_size``, resizing in the same proportion as the weights' own."""
-        if image_size is None:
-            return self
-        scale = image_size / self.crop[0]
-        resize = tuple(max(image_size, int(math.floor(v * scale + 0.5))) for v in self.resize)
-        return Preprocessing(resize, (image_size, image_size), self.interpolation, self.mean, self.std)
-
-    def geometric(self, img) -> torch.Tensor:
-        """Resize and crop an RGB PIL image; returns a contiguous uint8 tensor (h, w, 3).
-
-        Pixels stay in PIL's interleaved layout: a batch of them stacks with plain copies, and its
-        channels-first view is already in ``channels_last`` memory order.
-        """
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as F
-
-        size = list(self.resize)
-        img = F.resize(img, size, interpolation=InterpolationMode(self.interpolation), antialias=True)
-        img = F.center_crop(img, list(self.crop))
-        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-
-    def normalizer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 (N, h, w, 3) on ``device`` -> normalised float32 (N, 3, h, w) in ``channels_last`` memory,
-        as ``ToTensor`` + ``Normalize`` would compute it."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-        def normalize(x: torch.Tensor) -> torch.Tensor:
-            return x.permute(0, 3, 1, 2).to(torch.float32).div_(255).sub_(mean).div_(std)
-
-        return normalize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +95,7 @@ def _load_strict(model: nn.Module, state: dict, source: ModelSource, convert=Non
             pass
     detail = str(first).split("\n\t")
     raise ValueError(
-        f"The weights in {source.path!r} do not fit {source.extra['library']}'s {source.extra['arch']!r}: "
+        f"The weights in {source.path!r} do not fit {source.spec.library}'s {source.spec.arch!r}: "
         f"{' '.join(detail[:3])[:600]}"
     ) from first
 
@@ -234,12 +123,12 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | tuple[None, None]:
 def _build_torchvision(source: ModelSource) -> nn.Module:
     import torchvision
 
-    from ..image_sources import torchvision_weights
+    from ..sources.image import torchvision_weights
 
-    arch, kind = source.extra["arch"], source.extra["weights_kind"]
+    arch, kind = source.spec.arch, source.spec.weights_kind
     if kind is None:  # random init: the architecture's own defaults
         return torchvision.models.get_model(arch, weights=None)
-    member = torchvision_weights(arch, source.extra["weights"] if kind == "named" else "DEFAULT")
+    member = torchvision_weights(arch, source.spec.weights if kind == "named" else "DEFAULT")
     kwargs = _torchvision_builder_kwargs(arch, member)
     state = _load_state_dict(source.path)
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
@@ -262,15 +151,16 @@ def _build_torchvision(source: ModelSource) -> nn.Module:
 def _build_timm(source: ModelSource, image_size: int | None) -> nn.Module:
     import timm
 
-    arch, extra = source.extra["arch"], source.extra
-    cfg = timm.models.get_pretrained_cfg(extra["cfg_name"])
+    spec = source.spec
+    arch = spec.arch
+    cfg = timm.models.get_pretrained_cfg(spec.cfg_name)
     kwargs = {}
     if image_size is not None and cfg is not None and cfg.fixed_input_size and cfg.input_size[-1] != image_size:
         kwargs["dynamic_img_size"] = True  # ViT-style models interpolate their position embeddings
     state = None
     if source.path is not None:
         state = _load_state_dict(source.path)
-        if extra["format"] == "efficientnet_pytorch":
+        if spec.format == "efficientnet_pytorch":
             state = remap_efficientnet_pytorch(state)
         head = getattr(cfg, "classifier", None) or "classifier"
         head = head[0] if isinstance(head, (list, tuple)) else head
@@ -292,12 +182,12 @@ def _build_timm(source: ModelSource, image_size: int | None) -> nn.Module:
 def build_model(source: ModelSource, image_size: int | None = None) -> nn.Module:
     """The architecture with its weights, on the CPU, in eval mode, classifier head still attached.
 
-    Random initialisation (``source.path is None``) is seeded with ``extra["random_state"]`` without
+    Random initialisation (``source.path is None``) is seeded with ``spec.random_state`` without
     touching the global torch RNG.
     """
-    library = source.extra["library"]
+    library = source.spec.library
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(source.extra.get("random_state") or 0)
+        torch.manual_seed(source.spec.random_state or 0)
         if library == "torchvision":
             model = _build_torchvision(source)
         else:
@@ -425,45 +315,16 @@ def _check_output_ranks(shapes: dict, pooling: str, arch: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the decode pipeline
-
-
-def decode_stream(items: list, decode: Callable, num_workers: int, lookahead: int) -> Iterator:
-    """``decode(item)`` for each item, in order, computed up to ``lookahead`` items ahead by a thread pool.
-
-    PIL releases the GIL while decoding and resizing, so threads overlap with each other and with the
-    model, without process start-up, pickling, or the limits of daemonic worker processes.
-    """
-    if num_workers <= 0:
-        for item in items:
-            yield decode(item)
-        return
-    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="skdeep-decode") as pool:
-        pending = deque()
-        source = iter(items)
-        for item in source:
-            pending.append(pool.submit(decode, item))
-            if len(pending) >= lookahead:
-                break
-        try:
-            while pending:
-                result = pending.popleft().result()
-                nxt = next(source, None)
-                if nxt is not None:
-                    pending.append(pool.submit(decode, nxt))
-                yield result
-        finally:
-            for fut in pending:
-                fut.cancel()
+# the backend
 
 
 class ImageBackend:
-    """Embed batches of :class:`~skdeep.image_io.ImageInput` with a torchvision or timm model.
+    """Embed images (:class:`~skdeep.image_io.ImageInput`) with a torchvision or timm model.
 
     Parameters
     ----------
     source : ModelSource
-        From :func:`skdeep.image_sources.resolve_image_model`.
+        From :func:`skdeep.sources.resolve_image_model`.
     device : torch.device
     precision : {"fp32", "fp16", "bf16"}
     layers : list of str or None
@@ -473,13 +334,16 @@ class ImageBackend:
         Side of the square crop; None keeps the weights' own.
     """
 
+    #: Errors of one image that make that image fail alone (the engine reports it by position).
+    item_errors = (UnreadableImageError,)
+
     def __init__(self, source: ModelSource, device: torch.device, precision: str, layers=None, pooling="avg",
                  image_size=None):
         self.source = source
         self.device = device
         self.precision = precision
-        library, arch = source.extra["library"], source.extra["arch"]
-        native = Preprocessing.from_dict(source.extra["preprocess"])
+        library, arch = source.spec.library, source.spec.arch
+        native = source.spec.preprocess
         self.preprocess = native.with_image_size(image_size)
         if library == "torchvision" and arch.startswith(("vit_", "maxvit_")) and self.preprocess.crop != native.crop:
             # Checked before building: these models assert their input size in forward.
@@ -490,8 +354,6 @@ class ImageBackend:
         self.module = PooledFeatures(body, names, pooling, _prefix_tokens(model, library)).eval()
         self.module.to(device=device, memory_format=torch.channels_last)
         self._normalize = self.preprocess.normalizer(device)
-        self._max_batch = 1 << 30
-        self._lock = threading.Lock()
         self.layer_shapes = self._probe(names, pooling, arch)
         self.feature_names = []
         for name, shape in self.layer_shapes.items():
@@ -513,74 +375,25 @@ class ImageBackend:
         _check_output_ranks(shapes, pooling, arch)
         return shapes
 
+    # ----------------------------------------------------------------- the engine's protocol
+    def prepare(self, item: ImageInput) -> torch.Tensor:
+        """Decode, resize and crop one image: uint8 (h, w, 3). Thread-safe (runs in the engine's threads)."""
+        return self.preprocess.geometric(item.load(item.max_pixels))
+
+    def forward(self, batch: list) -> np.ndarray:
+        """Embed prepared images (a list of uint8 (h, w, 3) tensors of one size)."""
+        return self.forward_uint8(torch.stack(batch))
+
     # ----------------------------------------------------------------- model only
     def forward_uint8(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a uint8 batch (N, h, w, 3) already resized and cropped; OOM halves the batch."""
+        """Embed a uint8 batch (N, h, w, 3) already resized and cropped."""
         if batch.device != self.device:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
-        parts = run_in_batches(self._forward, batch, min(len(batch), self._max_batch))
-        largest = max(len(p) for p in parts)
-        if largest < len(batch):
-            self._max_batch = min(self._max_batch, largest)  # memory pressure persists: keep the smaller size
-        return np.concatenate(parts, axis=0)
+        return self._forward(batch)
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), autocast(self.device, self.precision):
             x = self._normalize(x).contiguous(memory_format=torch.channels_last)
             return self.module(x).float().cpu().numpy()
-
-    # ----------------------------------------------------------------- end to end
-    def encode(
-        self,
-        items: list[ImageInput],
-        *,
-        batch_size: int,
-        num_workers: int,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        skip_unreadable: bool = False,
-        on_batch_done: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, list[tuple[int, UnreadableImageError]]]:
-        """Decode, preprocess and embed ``items``.
-
-        Returns
-        -------
-        vectors : ndarray (len(items), dim), float32
-            Rows of unreadable images are zero (only when ``skip_unreadable``).
-        failures : list of (index into items, error)
-        """
-        out = np.zeros((len(items), self.dim), dtype=np.float32)
-        failures: list[tuple[int, UnreadableImageError]] = []
-        preprocess = self.preprocess
-
-        def decode(indexed):
-            index, item = indexed
-            try:
-                return index, preprocess.geometric(item.load(max_pixels)), None
-            except UnreadableImageError as exc:
-                if not skip_unreadable:
-                    raise
-                return index, None, exc
-
-        def flush(indices, tensors):
-            out[indices] = self.forward_uint8(torch.stack(tensors))
-            if on_batch_done is not None:
-                on_batch_done(len(indices))
-
-        indices, tensors = [], []
-        stream = decode_stream(list(enumerate(items)), decode, num_workers, lookahead=2 * batch_size)
-        for index, tensor, error in stream:
-            if error is not None:
-                failures.append((index, error))
-                if on_batch_done is not None:
-                    on_batch_done(1)
-                continue
-            indices.append(index)
-            tensors.append(tensor)
-            if len(tensors) == batch_size:
-                flush(indices, tensors)
-                indices, tensors = [], []
-        if tensors:
-            flush(indices, tensors)
-        return out, failures

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import quiet_loading
-from ..persistence import skdeep_home
+from .._config import skdeep_home
 from ..sources import ModelSource
 
 MODEL_FILE = "model.onnx"
@@ -311,9 +311,14 @@ class OnnxTextBackend:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self.session.get_inputs()]
-        self.dim = int(self.encode(["dimension probe"]).shape[1])
+        self.dim = int(self.forward(["dimension probe"]).shape[1])
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    @staticmethod
+    def size(text: str) -> int:
+        """Batches group texts of similar length (less padding)."""
+        return len(text)
+
+    def forward(self, texts: list[str]) -> np.ndarray:
         """Embed one batch; returns float32 (len(texts), dim)."""
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"

@@ -58,7 +58,12 @@ class SentenceTransformerBackend:
     def max_length(self) -> int:
         return int(self.model.max_seq_length)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    @staticmethod
+    def size(text: str) -> int:
+        """Batches group texts of similar length (less padding)."""
+        return len(text)
+
+    def forward(self, texts: list[str]) -> np.ndarray:
         """Embed one batch; returns float32 (len(texts), dim)."""
         with torch.inference_mode(), autocast(self.device, self.precision):
             out = self.model.encode(

@@ -15,7 +15,8 @@ from sklearn.pipeline import make_pipeline
 from skdeep import TextEncoder
 from skdeep.sources import clear_registered
 from skdeep import backends as backend_registry
-from skdeep.finetune import FineTunedTextClassifier, make_pairs
+from skdeep.finetune import LOSSES, FineTunedTextClassifier, make_pairs
+from skdeep.finetune.objectives import OBJECTIVES
 
 GOOD = ["good film", "a good movie", "good good", "the good one", "so good", "good acting", "good story", "good"]
 BAD = ["bad film", "a bad movie", "bad bad", "the bad one", "so bad", "bad acting", "bad story", "bad"]
@@ -182,6 +183,172 @@ def test_bad_input(tiny_text_model):
         clf.fit(["good", "bad", "good one", "bad one"], [1, 0, 1, 0])
     with pytest.raises(ValueError, match="max_steps"):
         clone(clf).set_params(max_steps=0).fit(X, Y)
+
+
+# ---------------------------------------------------------------------------------------------
+# objectives: the hand-written losses FineTunedTextClassifier used before its objectives were
+# built on sentence-transformers' losses, kept here as the references the objectives must match.
+
+
+def reference_cosine_pairs(ea, eb, target):
+    import torch.nn.functional as F
+
+    return F.mse_loss(F.cosine_similarity(ea, eb), target)
+
+
+def reference_pairwise(emb, labels):
+    import torch
+
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    cos = unit @ unit.T
+    target = (labels[:, None] == labels[None, :]).to(cos.dtype)
+    upper = torch.triu(torch.ones_like(cos, dtype=torch.bool), diagonal=1)
+    return torch.nn.functional.mse_loss(cos[upper], target[upper])
+
+
+def reference_batch_all_triplet(emb, labels, margin=0.5):
+    import torch
+
+    emb = torch.nn.functional.normalize(emb, dim=1)
+    dist = torch.cdist(emb, emb)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]
+    losses = torch.relu(dist[:, :, None] - dist[:, None, :] + margin) * valid
+    positive = losses > 1e-16
+    return losses.sum() / positive.sum().clamp(min=1)
+
+
+def reference_validation(val_emb, val_codes, ref_emb, ref_codes):
+    import torch.nn.functional as F
+
+    cos = F.normalize(val_emb, dim=1) @ F.normalize(ref_emb, dim=1).T
+    return float(F.mse_loss(cos, (val_codes[:, None] == ref_codes[None, :]).float()))
+
+
+@pytest.fixture(scope="module")
+def st_model(tiny_text_model):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(tiny_text_model, device="cpu")
+
+
+def make_objective(loss, model, n_classes=3, batch_size=6):
+    import torch
+
+    return OBJECTIVES[loss](
+        model, n_classes=n_classes, batch_size=batch_size, pairs_per_sample=2, device=torch.device("cpu")
+    )
+
+
+def reference_batch_loss(loss, objective, table, batch, codes):
+    import torch
+    import torch.nn.functional as F
+
+    if loss == "cosine":
+        a, b, target = batch
+        return reference_cosine_pairs(table[a], table[b], torch.as_tensor(target))
+    (idx,) = batch
+    emb, labels = table[idx], torch.as_tensor(codes[idx])
+    if loss == "pairwise":
+        return reference_pairwise(emb, labels)
+    if loss == "triplet":
+        return reference_batch_all_triplet(emb, labels)
+    return F.cross_entropy(objective.classifier(emb), labels)
+
+
+def test_objectives_cover_the_public_loss_names():
+    assert set(LOSSES) == set(OBJECTIVES) == {"cosine", "pairwise", "triplet", "softmax"}
+    with pytest.raises(ValueError, match="'loss' parameter .* must be a str among"):
+        FineTunedTextClassifier(loss="hinge").fit(X, Y)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_objective_matches_the_hand_written_loss_batches_and_validation(st_model, loss):
+    import torch
+
+    torch.manual_seed(0)
+    codes = np.repeat([0, 1, 2], 4)
+    texts = [str(i) for i in range(len(codes))]
+    dim = st_model.get_embedding_dimension()
+    table = torch.randn(len(codes), dim, requires_grad=True)
+
+    def embed(batch_texts):  # a fixed embedding per text, so losses are compared on the same vectors
+        return table[[int(t) for t in batch_texts]]
+
+    objective = make_objective(loss, st_model)
+    batches = objective.epoch_batches(codes, np.random.RandomState(0))
+    if loss == "cosine":  # SetFit's pairs, batch_size at a time
+        a, b, target = make_pairs(codes, 2, np.random.RandomState(0))
+        for got, expected in zip(zip(*batches[0]), zip(a, b, target)):
+            assert got == expected
+        assert sum(len(batch[0]) for batch in batches) == len(a) and len(batches) == int(np.ceil(len(a) / 6))
+    else:  # every text once per epoch, in shuffled batches
+        assert sorted(np.concatenate([idx for (idx,) in batches]).tolist()) == list(range(len(codes)))
+        assert [len(idx) for (idx,) in batches] == [6, 6]
+    for batch in batches:
+        got = objective.batch_loss(embed, batch, texts, codes)
+        expected = reference_batch_loss(loss, objective, table, batch, codes)
+        assert float(expected.detach()) > 0
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.autograd.grad(got, table)[0], torch.autograd.grad(expected, table)[0], rtol=1e-4, atol=1e-6
+        )
+
+    extra = objective.parameters()  # only the softmax objective trains weights of its own
+    if loss == "softmax":
+        assert [p.shape for p in extra] == [(3, dim), (3,)]
+    else:
+        assert extra == []
+
+    val_codes, ref_codes = torch.as_tensor(codes[[0, 5, 9]]), torch.as_tensor(codes[[1, 2, 4, 6, 8, 10]])
+    with torch.no_grad():
+        got = objective.validation_loss(embed, ["0", "5", "9"], val_codes, ["1", "2", "4", "6", "8", "10"], ref_codes)
+        if loss == "softmax":
+            expected = float(torch.nn.functional.cross_entropy(objective.classifier(table[[0, 5, 9]]), val_codes))
+        else:
+            expected = reference_validation(table[[0, 5, 9]], val_codes, table[[1, 2, 4, 6, 8, 10]], ref_codes)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_triplet_loss_is_zero_when_every_triplet_meets_the_margin(st_model):
+    import torch
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    separated = torch.eye(3).repeat_interleave(2, dim=0) + 0.01 * torch.randn(6, 3)  # distances ~0 vs ~1.41
+    objective = make_objective("triplet", st_model)
+    assert float(objective.loss_from_embeddings(separated, labels)) == 0.0
+    assert float(reference_batch_all_triplet(separated, labels)) == 0.0
+
+
+def largest_saved_for_backward(fn):
+    """Bytes of the largest tensor autograd keeps for the backward pass while ``fn()`` runs."""
+    import torch
+
+    sizes = [0]
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return max(sizes)
+
+
+def test_triplet_loss_is_sentence_transformers_and_builds_no_batch_cubed_tensor(st_model):
+    import torch
+    from sentence_transformers.sentence_transformer import losses
+
+    objective = make_objective("triplet", st_model, n_classes=64, batch_size=512)
+    assert isinstance(objective.loss, losses.BatchAllTripletLoss)
+    torch.manual_seed(0)
+    # The probe sees the cube: the hand-written loss keeps a float per triplet (4 * B**3 bytes)...
+    small = torch.randn(128, 8, requires_grad=True)
+    assert largest_saved_for_backward(lambda: reference_batch_all_triplet(small, torch.arange(128) % 16)) >= 128**3
+    # ...the objective, on four times the batch, keeps nothing near B**3 bytes (B x positives x B floats).
+    emb, labels = torch.randn(512, 8, requires_grad=True), torch.arange(512) % 64
+    assert largest_saved_for_backward(lambda: objective.loss_from_embeddings(emb, labels).backward()) < 512**3 // 8
 
 
 @pytest.mark.parametrize("check_name", INPUT_AGNOSTIC_CHECKS)

@@ -3,7 +3,8 @@
 Training follows SetFit (Tunstall et al., 2022): the encoder is tuned contrastively on pairs of
 training texts (same class -> cosine similarity 1, different classes -> 0), then a logistic
 regression head is fitted on the tuned embeddings. Alternatives: batch-all triplet loss, or plain
-cross-entropy through a linear layer; partial unfreezing of the top layers; LoRA adapters (``peft``).
+cross-entropy through a linear layer (each objective lives in :mod:`skdeep.finetune.objectives`);
+partial unfreezing of the top layers; LoRA adapters (``peft``).
 
 The tuned weights are saved as an ordinary sentence-transformers folder, identified by the
 fingerprint of their bytes, and served through a :class:`~skdeep.TextEncoder`: embeddings of the
@@ -37,68 +38,13 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .backends import quiet_loading
-from .devices import resolve_device
-from .sources import ModelSource, fingerprint_path, register_model, resolve_text_model
-from .text import TextEncoder, validate_texts
+from ..backends import quiet_loading
+from ..devices import resolve_device
+from ..sources import ModelSource, fingerprint_path, register_model, resolve_text_model
+from ..text import TextEncoder, validate_texts
+from .objectives import LOSSES, OBJECTIVES
 
-LOSSES = ("cosine", "pairwise", "triplet", "softmax")
 TUNED_PREFIX = "finetuned:"
-
-
-# ---------------------------------------------------------------------------------------------
-# training data
-
-
-def make_pairs(labels: np.ndarray, pairs_per_sample: int, rng: np.random.RandomState):
-    """SetFit's pair sampling: per sample and round, one same-class and one other-class partner.
-
-    Returns index arrays ``(first, second)`` and the target similarity (1.0 or 0.0) of each pair.
-    A sample alone in its class gets no positive pair (it has no partner).
-    """
-    n = len(labels)
-    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
-    first, second, target = [], [], []
-    for _ in range(pairs_per_sample):
-        for i in range(n):
-            same = by_class[labels[i]]
-            if len(same) > 1:
-                j = i
-                while j == i:
-                    j = same[rng.randint(len(same))]
-                first.append(i), second.append(j), target.append(1.0)
-            other = np.flatnonzero(labels != labels[i])
-            first.append(i), second.append(other[rng.randint(len(other))]), target.append(0.0)
-    order = rng.permutation(len(first))
-    return np.asarray(first)[order], np.asarray(second)[order], np.asarray(target, dtype=np.float32)[order]
-
-
-def _batch_all_triplet_loss(emb, labels, margin: float):
-    """Mean over the triplets (a, p, n) of a batch with a positive max(d(a,p) - d(a,n) + margin, 0).
-
-    Distances are Euclidean between unit vectors (at most 2), so the margin is on that scale.
-    """
-    import torch
-
-    emb = torch.nn.functional.normalize(emb, dim=1)
-    dist = torch.cdist(emb, emb)
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
-    valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]
-    losses = torch.relu(dist[:, :, None] - dist[:, None, :] + margin) * valid
-    positive = losses > 1e-16
-    return losses.sum() / positive.sum().clamp(min=1)
-
-
-def _pairwise_cosine_loss(emb, labels):
-    """Mean squared error between the cosine similarity of every pair in the batch and same-class (1/0)."""
-    import torch
-
-    unit = torch.nn.functional.normalize(emb, dim=1)
-    cos = unit @ unit.T
-    target = (labels[:, None] == labels[None, :]).to(cos.dtype)
-    upper = torch.triu(torch.ones_like(cos, dtype=torch.bool), diagonal=1)
-    return torch.nn.functional.mse_loss(cos[upper], target[upper])
 
 
 def _encoder_layers(auto_model):
@@ -408,7 +354,6 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     def _train(self, model, texts, codes, train_idx, val_idx, rng, device):
         import torch
-        import torch.nn.functional as F
 
         def embed(batch_texts):
             features = model.preprocess(batch_texts) if hasattr(model, "preprocess") else model.tokenize(batch_texts)
@@ -416,48 +361,21 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             return model(features)["sentence_embedding"]
 
         train_codes = codes[train_idx]
-        n_classes = int(codes.max()) + 1
-        classifier = None
-        if self.loss == "softmax":
-            dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else (
-                model.get_sentence_embedding_dimension()
-            )
-            classifier = torch.nn.Linear(dim, n_classes).to(device)
-
-        def epoch_batches():
-            """Index batches for one epoch, in the training subset's numbering."""
-            if self.loss == "cosine":
-                a, b, t = make_pairs(train_codes, self.pairs_per_sample, rng)
-                return [(a[s : s + self.batch_size], b[s : s + self.batch_size], t[s : s + self.batch_size])
-                        for s in range(0, len(a), self.batch_size)]
-            order = rng.permutation(len(train_idx))
-            return [(order[s : s + self.batch_size],) for s in range(0, len(order), self.batch_size)]
-
-        def batch_loss(batch, idx_texts, idx_codes):
-            if self.loss == "cosine":
-                a, b, t = batch
-                ea, eb = embed([idx_texts[i] for i in a]), embed([idx_texts[i] for i in b])
-                cos = F.cosine_similarity(ea, eb)
-                return F.mse_loss(cos, torch.as_tensor(t, device=device))
-            (idx,) = batch
-            emb = embed([idx_texts[i] for i in idx])
-            labels = torch.as_tensor(idx_codes[idx], device=device)
-            if self.loss == "triplet":
-                return _batch_all_triplet_loss(emb, labels, margin=0.5)
-            if self.loss == "pairwise":
-                return _pairwise_cosine_loss(emb, labels)
-            return F.cross_entropy(classifier(emb), labels)
-
+        objective = OBJECTIVES[self.loss](
+            model,
+            n_classes=int(codes.max()) + 1,
+            batch_size=self.batch_size,
+            pairs_per_sample=self.pairs_per_sample,
+            device=device,
+        )
         train_texts = [texts[i] for i in train_idx]
-        first_epoch = epoch_batches()
+        first_epoch = objective.epoch_batches(train_codes, rng)
         planned = len(first_epoch) * self.max_epochs
         total = min(planned, self.max_steps) if self.max_steps is not None else planned
         eval_every = self.eval_every or max(1, math.ceil(total / 8))
-        val_loss_fn = self._validation_loss(model, embed, texts, codes, train_idx, val_idx, classifier, device)
+        val_loss_fn = self._validation_loss(model, objective, embed, texts, codes, train_idx, val_idx, device)
 
-        params = [p for p in model.parameters() if p.requires_grad]
-        if classifier is not None:
-            params += list(classifier.parameters())
+        params = [p for p in model.parameters() if p.requires_grad] + objective.parameters()
         if not params:
             raise ValueError("Nothing to train: every weight of the model is frozen.")
         lr = self.learning_rate or (2e-4 if self.lora else 2e-5)
@@ -478,9 +396,9 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         model.train()
         try:
             for epoch in range(self.max_epochs):
-                batches = first_epoch if epoch == 0 else epoch_batches()
+                batches = first_epoch if epoch == 0 else objective.epoch_batches(train_codes, rng)
                 for batch in batches:
-                    loss = batch_loss(batch, train_texts, train_codes)
+                    loss = objective.batch_loss(embed, batch, train_texts, train_codes)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
@@ -517,17 +435,15 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         model.eval()
         return history, step, best_step
 
-    def _validation_loss(self, model, embed, texts, codes, train_idx, val_idx, classifier, device):
+    def _validation_loss(self, model, objective, embed, texts, codes, train_idx, val_idx, device):
         """A function measuring the objective on held-out texts (returning None without early stopping)."""
         import torch
-        import torch.nn.functional as F
 
         if len(val_idx) == 0:
             return lambda: None
         val_texts = [texts[i] for i in val_idx]
         val_codes = torch.as_tensor(codes[val_idx], device=device)
-        # Held-out texts against a fixed sample of training texts: how well unseen texts land
-        # near their own class and away from the others.
+        # A fixed sample of training texts, for objectives that place held-out texts relative to them.
         ref_idx = train_idx[: min(len(train_idx), 64)]
         ref_texts = [texts[i] for i in ref_idx]
         ref_codes = torch.as_tensor(codes[ref_idx], device=device)
@@ -539,13 +455,7 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             model.eval()
             try:
                 with torch.no_grad():
-                    val_emb = in_batches(val_texts)
-                    if self.loss == "softmax":
-                        return float(F.cross_entropy(classifier(val_emb), val_codes))
-                    ref_emb = in_batches(ref_texts)
-                    cos = F.normalize(val_emb, dim=1) @ F.normalize(ref_emb, dim=1).T
-                    target = (val_codes[:, None] == ref_codes[None, :]).float()
-                    return float(F.mse_loss(cos, target))
+                    return objective.validation_loss(in_batches, val_texts, val_codes, ref_texts, ref_codes)
             finally:
                 model.train()
 

@@ -48,9 +48,10 @@ def _image_files(folder: Path, recursive: bool) -> list[str]:
         files = list_image_files(folder, recursive=recursive)
     except OSError as exc:
         raise UsageError(f"Cannot list the folder {str(folder)!r}: {exc}") from exc
-    subfolders = not recursive and any(
-        entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") for entry in os.scandir(folder)
-    )
+    subfolders = False
+    if not recursive:
+        with os.scandir(folder) as entries:
+            subfolders = any(e.is_dir(follow_symlinks=False) and not e.name.startswith(".") for e in entries)
     if not files:
         hint = "; its subfolders are not read without --recursive" if subfolders else ""
         raise UsageError(f"{str(folder)!r} holds no image files PIL can open{hint}.")
@@ -249,14 +250,14 @@ def _embed_images_reporting_failures(encoder, items: list, on_error: str) -> tup
 
 def cmd_embed(args) -> int:
     _check_suffix(args.out, EMBED_OUTPUTS)
-    if args.on_error == "skip" and Path(args.out).suffix.lower() != ".parquet":
-        # A bare matrix could not say which rows are missing.
-        raise UsageError("--on-error skip needs a .parquet output, whose 'path' column lists the images kept; "
-                         "with .npy use --on-error zero (failed images become rows of zeros, rows stay aligned).")
     items, kind = read_inputs(args.input, column=args.column, kind=args.kind, recursive=args.recursive)
     if not items:
         raise UsageError(f"{args.input!r} holds no inputs.")
     encoder = _encoder_for(kind, args)
+    if args.on_error == "skip" and Path(args.out).suffix.lower() != ".parquet":
+        # A bare matrix could not say which rows are missing.
+        raise UsageError("--on-error skip needs a .parquet output, whose 'path' column lists the images kept; "
+                         "with .npy use --on-error zero (failed images become rows of zeros, rows stay aligned).")
     n_inputs = len(items)
     if kind == "image":
         vectors, items = _embed_images_reporting_failures(encoder, items, args.on_error)

@@ -208,11 +208,12 @@ def _read_file(path: str, consume) -> None:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     with open(fd, "rb", buffering=0) as fh:  # closes fd
-        problem = _file_problem(path, os.fstat(fd))
+        st = os.fstat(fd)
+        problem = _file_problem(path, st)
         if problem is not None:
             raise UnreadableImageError(f"{problem} (the file was replaced while being opened)")
         limit = MAX_IMAGE_FILE_BYTES
-        buffer = memoryview(bytearray(_HASH_CHUNK))
+        buffer = memoryview(bytearray(min(_HASH_CHUNK, st.st_size + 1)))  # small files: one read, then EOF
         total = 0
         while n := fh.readinto(buffer):
             total += n

@@ -328,8 +328,8 @@ def test_cli_and_image_encoder_read_the_same_files_of_a_folder(tmp_path, capsys)
     assert [os.path.abspath(p) for p in frame["path"]] == library_reads
     assert [Path(p).name for p in frame["path"]] == ["a.jpg", "b.png"]
     encoder = ImageEncoder("timm:test_resnet", weights=None, cache=None)
-    np.testing.assert_allclose(np.stack(frame["embedding"].to_numpy()), _promptly(lambda: encoder.transform(str(folder))),
-                               rtol=1e-4, atol=1e-5)
+    from_folder = _promptly(lambda: encoder.transform(str(folder)))
+    np.testing.assert_allclose(np.stack(frame["embedding"].to_numpy()), from_folder, rtol=1e-4, atol=1e-5)
 
     out = tmp_path / "deep.parquet"
     assert _promptly(lambda: main(["embed", str(folder), "--recursive", "--out", str(out), *IMAGE_ARGS])) == 0

@@ -4,7 +4,7 @@
 
     skdeep embed reviews.txt --model all-MiniLM-L6-v2 --out reviews.npy
     skdeep embed data.csv --column text --out data.parquet --cache ~/.cache/skdeep/embeddings
-    skdeep embed photos/ --model efficientnet_lite0 --out photos.parquet
+    skdeep embed photos/ --model efficientnet_lite0 --out photos.parquet --on-error skip
     skdeep predict model.skops reviews.txt --proba --out scores.csv
     skdeep serve model.skops --host 127.0.0.1 --port 8000
     skdeep info model.skops
@@ -20,14 +20,13 @@ import csv
 import io
 import json
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 EMBED_OUTPUTS = (".npy", ".parquet")
 PREDICT_OUTPUTS = (".csv", ".txt", ".npy", ".parquet")
@@ -41,11 +40,25 @@ class UsageError(Exception):
 # reading inputs
 
 
-def _image_files(folder: Path) -> list[str]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _image_files(folder: Path, recursive: bool) -> list[str]:
+    # The library's own rule, so that `skdeep embed photos/` and ImageEncoder().transform("photos/") agree.
+    from .image_io import list_image_files
+
+    try:
+        files = list_image_files(folder, recursive=recursive)
+    except OSError as exc:
+        raise UsageError(f"Cannot list the folder {str(folder)!r}: {exc}") from exc
+    subfolders = False
+    if not recursive:
+        with os.scandir(folder) as entries:
+            subfolders = any(e.is_dir(follow_symlinks=False) and not e.name.startswith(".") for e in entries)
     if not files:
-        raise UsageError(f"{str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-    return [str(p) for p in files]
+        hint = "; its subfolders are not read without --recursive" if subfolders else ""
+        raise UsageError(f"{str(folder)!r} holds no image files PIL can open{hint}.")
+    if subfolders:
+        print(f"skdeep: note: the subfolders of {str(folder)!r} are not read; pass --recursive to include them.",
+              file=sys.stderr)
+    return files
 
 
 def _read_table(path: Path, column: str | None):
@@ -65,11 +78,13 @@ def _read_table(path: Path, column: str | None):
     return frame[column].tolist()
 
 
-def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto") -> tuple[list, str]:
+def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto",
+                recursive: bool = False) -> tuple[list, str]:
     """Read INPUT: a text file (one text per line), '-' (stdin), a CSV/TSV/Parquet column, or an
     image folder. Returns ``(items, kind)`` with kind ``"text"`` or ``"image"``.
 
-    Text files keep blank lines as empty texts, so output row i is always input line i.
+    Text files keep blank lines as empty texts, so output row i is always input line i. Image folders
+    are listed by :func:`skdeep.image_io.list_image_files` (subfolders only with ``recursive``).
     """
     if spec == "-":
         if kind == "image":
@@ -81,7 +96,7 @@ def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto") -> 
     if path.is_dir():
         if kind == "text":
             raise UsageError(f"{spec!r} is a folder; text input must be a file.")
-        return _image_files(path), "image"
+        return _image_files(path, recursive), "image"
     if path.suffix.lower() in TABLE_SUFFIXES:
         values = _read_table(path, column)
         if kind == "image":
@@ -91,7 +106,9 @@ def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto") -> 
     if column is not None:
         raise UsageError(f"--column applies to {', '.join(TABLE_SUFFIXES)} files, not {spec!r}.")
     if kind == "image":
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        from .image_io import is_image_file_name
+
+        if is_image_file_name(path.name):
             return [str(path)], "image"
         raise UsageError(f"{spec!r} is not an image folder or image file.")
     try:
@@ -197,19 +214,58 @@ def _encoder_for(kind: str, args):
             raise UsageError("--normalize applies to text models.")
         if args.weights is not None:
             params["weights"] = None if args.weights.lower() == "none" else args.weights
-    # None means "no cache" and "random weights" for those two; for the others, the encoder's default.
-    return cls(**{k: v for k, v in params.items() if v is not None or k in ("cache", "weights")})
+        params["on_error"] = args.on_error
+        if args.max_pixels is not None:
+            params["max_pixels"] = None if args.max_pixels == "none" else args.max_pixels
+    if kind == "text" and args.on_error != "raise":
+        raise UsageError("--on-error applies to images; an invalid text always stops with an error naming its row.")
+    if kind == "text" and args.max_pixels is not None:
+        raise UsageError("--max-pixels applies to images.")
+    # None means "no cache", "random weights" and "no pixel limit" for those three; for the others, the
+    # encoder's default.
+    return cls(**{k: v for k, v in params.items() if v is not None or k in ("cache", "weights", "max_pixels")})
+
+
+def _embed_images_reporting_failures(encoder, items: list, on_error: str) -> tuple[np.ndarray, list]:
+    """Embed, turning ImageEncoder's unreadable-image warning into a note on stderr; returns the
+    vectors and the inputs they belong to (without the skipped ones)."""
+    from .image import UnreadableImageWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnreadableImageWarning)
+        vectors = encoder.fit_transform(items)
+    failed: set[int] = set()
+    for w in caught:
+        if isinstance(w.message, UnreadableImageWarning):
+            failed.update(w.message.positions)
+            print(f"skdeep embed: warning: {_one_line(w.message)}", file=sys.stderr)
+        else:  # not ours to swallow
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if on_error == "skip" and failed:
+        items = [item for i, item in enumerate(items) if i not in failed]
+    if len(items) != vectors.shape[0]:  # pragma: no cover - the encoder broke its own contract
+        raise RuntimeError(f"{vectors.shape[0]} embeddings for {len(items)} inputs.")
+    return vectors, items
 
 
 def cmd_embed(args) -> int:
     _check_suffix(args.out, EMBED_OUTPUTS)
-    items, kind = read_inputs(args.input, column=args.column, kind=args.kind)
+    items, kind = read_inputs(args.input, column=args.column, kind=args.kind, recursive=args.recursive)
     if not items:
         raise UsageError(f"{args.input!r} holds no inputs.")
     encoder = _encoder_for(kind, args)
-    vectors = encoder.fit_transform(items)
+    if args.on_error == "skip" and Path(args.out).suffix.lower() != ".parquet":
+        # A bare matrix could not say which rows are missing.
+        raise UsageError("--on-error skip needs a .parquet output, whose 'path' column lists the images kept; "
+                         "with .npy use --on-error zero (failed images become rows of zeros, rows stay aligned).")
+    n_inputs = len(items)
+    if kind == "image":
+        vectors, items = _embed_images_reporting_failures(encoder, items, args.on_error)
+    else:
+        vectors = encoder.fit_transform(items)
     write_embeddings(args.out, vectors, items, kind)
-    print(f"Wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.out}", file=sys.stderr)
+    skipped = f" ({n_inputs - len(items)} of {n_inputs} images skipped)" if len(items) < n_inputs else ""
+    print(f"Wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.out}{skipped}", file=sys.stderr)
     return 0
 
 
@@ -246,7 +302,8 @@ def cmd_predict(args) -> int:
         kind = input_kind(model)
     except ValueError:
         kind = "auto"
-    items, _ = read_inputs(args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind)
+    items, _ = read_inputs(args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind,
+                           recursive=args.recursive)
     if not items:
         raise UsageError(f"{args.input!r} holds no inputs.")
     _override_encoders(model, args)
@@ -337,6 +394,9 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--column", help="column to read from a CSV/TSV/Parquet input")
     p.add_argument("--kind", choices=("auto", "text", "image"), default="auto",
                    help="read INPUT as texts or images (default: image for folders, else text)")
+    p.add_argument("--recursive", action="store_true",
+                   help="image folders: read the images in subfolders too (default: the folder's own files only, "
+                   "as ImageEncoder().transform(folder) does); hidden files and symlinked folders are never read")
 
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
@@ -356,6 +416,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _max_pixels(text: str):
+    if text.strip().lower() == "none":
+        return "none"
+    return _positive_int(text)
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -368,6 +434,7 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import serving
+    from .image_io import DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog="skdeep", description="Pretrained deep encoders as scikit-learn transformers: embed, predict, serve."
@@ -386,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true", help="unit-length text embeddings")
     p.add_argument("--weights", help="image models: weights name or checkpoint file, or 'none' for a random "
                    "initialisation (default: the model's pretrained weights)")
+    p.add_argument("--on-error", choices=("raise", "skip", "zero"), default="raise",
+                   help="images that cannot be read (missing, not an image, truncated, too large, not a regular "
+                   "file): 'raise' stops with an error naming the file (default); 'zero' writes a row of zeros, "
+                   "so rows stay aligned with the input; 'skip' leaves the row out and needs a .parquet --out, "
+                   "whose 'path' column lists the images kept. Both print the failures on stderr")
+    p.add_argument("--max-pixels", type=_max_pixels, metavar="N",
+                   help="refuse images whose header claims more than N pixels (a decompression bomb guard), or "
+                   f"'none' for no limit beyond PIL's own (default: {DEFAULT_MAX_PIXELS})")
     _add_encoder_options(p, defaults=True)
     p.set_defaults(func=cmd_embed)
 
@@ -430,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message) -> str:
+    # Library messages may quote a decoder's multi-line text; a CLI error stays one line.
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
 def main(argv=None) -> int:
     """Entry point of the ``skdeep`` console script; returns the exit status."""
     from .persistence import UntrustedTypesError
@@ -440,10 +520,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        parser.exit(2, f"skdeep {args.command}: error: {exc}\n")
+        parser.exit(2, f"skdeep {args.command}: error: {_one_line(exc)}\n")
     except (UntrustedTypesError, FileNotFoundError, ImportError, ValueError, TypeError) as exc:
         # Missing models, files or code, changed weights, invalid input: the message says what to fix.
-        parser.exit(2, f"skdeep {args.command}: error: {exc}\n")
+        parser.exit(2, f"skdeep {args.command}: error: {_one_line(exc)}\n")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `skdeep predict ... | head`: stop quietly, like other Unix tools

@@ -21,6 +21,10 @@ steps, so that a file, its bytes, the PIL image and the equivalent array all giv
 Content keys (what the embedding cache is keyed on) are the *file bytes* for paths and bytes (never
 the path string: a renamed file is still a hit, an edited file a miss), the raw pixel data with shape
 and dtype for arrays, and the RGB pixels for PIL images. Decoding happens only for cache misses.
+
+Files: only regular files are ever opened (symlinks are followed first), never a named pipe, device or
+socket, which could block or never end; at most :data:`MAX_IMAGE_FILE_BYTES` are read from one file.
+Folders are listed by :func:`list_image_files`, the one rule the library and the command line share.
 """
 
 from __future__ import annotations
@@ -30,16 +34,22 @@ import hashlib
 import io
 import math
 import os
+import stat
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._containers import order_problem
+
 #: Largest image, in pixels, that is decoded by default; the same threshold as PIL's own warning.
 DEFAULT_MAX_PIXELS = 89_478_485
 #: Colour that transparent pixels are composited on.
 ALPHA_BACKGROUND = (255, 255, 255)
+#: Largest image file, in bytes, that is read; larger files are unreadable (a guard against huge or endless
+#: files). Far above any real photograph; read at call time, so it may be changed at run time.
+MAX_IMAGE_FILE_BYTES = 512 * 1024 * 1024
 
 _DIGEST_BYTES = 32
 _HASH_CHUNK = 1 << 20
@@ -126,7 +136,7 @@ class ImageInput:
             else:
                 try:
                     self._digest = _hash_file(self.data)
-                except OSError as exc:
+                except (OSError, UnreadableImageError) as exc:
                     self.error = exc
                     return None
         return self._digest
@@ -141,7 +151,7 @@ class ImageInput:
                 return array_to_rgb(self.data, self.pixel_range)
             if self.kind == "pil":
                 return to_rgb(_checked_size(self.data, max_pixels, self))
-            data = self.data if self.kind == "bytes" else Path(self.data).read_bytes()
+            data = self.data if self.kind == "bytes" else read_image_file(self.data)
             if self.kind == "file" and self._digest is not None:
                 # The key was computed from the bytes read earlier; refuse to cache pixels of other bytes.
                 if hashlib.blake2b(data, digest_size=_DIGEST_BYTES).digest() != self._digest:
@@ -166,11 +176,76 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _file_problem(path: str, st: os.stat_result) -> str | None:
+    """Why the file ``st`` describes must not be read as an image, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        target = f"a symlink to {os.path.realpath(path)!r}, which is " if os.path.islink(path) else ""
+        return f"it is {target}{kind}; images are read only from regular files"
+    if st.st_size > MAX_IMAGE_FILE_BYTES:
+        return (
+            f"the file has {st.st_size:,} bytes, more than MAX_IMAGE_FILE_BYTES = {MAX_IMAGE_FILE_BYTES:,} "
+            "(skdeep.image_io.MAX_IMAGE_FILE_BYTES)"
+        )
+    return None
+
+
+def _read_file(path: str, consume) -> None:
+    """Pass the bytes of the regular file ``path`` to ``consume`` in chunks, refusing anything else.
+
+    The path is checked before opening (opening a FIFO blocks, opening a device may act on it); the
+    open file is checked again through its descriptor, so a file swapped in between is caught too.
+    O_NONBLOCK keeps even that swapped-in FIFO's open from blocking; regular files ignore it.
+    """
+    problem = _file_problem(path, os.stat(path))
+    if problem is not None:
+        raise UnreadableImageError(problem)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", buffering=0) as fh:  # closes fd
+        st = os.fstat(fd)
+        problem = _file_problem(path, st)
+        if problem is not None:
+            raise UnreadableImageError(f"{problem} (the file was replaced while being opened)")
+        limit = MAX_IMAGE_FILE_BYTES
+        buffer = memoryview(bytearray(min(_HASH_CHUNK, st.st_size + 1)))  # small files: one read, then EOF
+        total = 0
+        while n := fh.readinto(buffer):
+            total += n
+            if total > limit:  # it grew after the check
+                raise UnreadableImageError(f"the file grew beyond MAX_IMAGE_FILE_BYTES = {limit:,} while being read")
+            consume(buffer[:n])
+        if n is None:  # a non-blocking read found no data: not a plain file on disk
+            raise UnreadableImageError("reading the file would block")
+
+
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file: a regular file of at most :data:`MAX_IMAGE_FILE_BYTES` (symlinks followed).
+
+    Raises
+    ------
+    UnreadableImageError
+        For a named pipe, device, socket or directory (never opened), or a file that is too large.
+    OSError
+        When the file is missing or cannot be opened.
+    """
+    sink = io.BytesIO()
+    _read_file(path, sink.write)
+    return sink.getvalue()  # CPython hands over BytesIO's buffer without copying it
+
+
 def _hash_file(path: str) -> bytes:
     digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
+    _read_file(path, digest.update)
     return digest.digest()
 
 
@@ -351,26 +426,94 @@ def check_image_shape(image_shape):
     return tuple(int(v) for v in image_shape)
 
 
-def _is_image_file_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in Image.registered_extensions()
+def image_extensions() -> frozenset[str]:
+    """File name extensions (lower case, with the dot) of the formats PIL can open, plugins included."""
+    registered = Image.registered_extensions()  # imports PIL's plugins on first use
+    # MPO (multi-picture JPEG) has no opener of its own: PIL's JPEG opener reads it.
+    return frozenset(ext for ext, fmt in registered.items() if fmt in Image.OPEN or fmt == "MPO")
+
+
+def is_image_file_name(name: str | os.PathLike) -> bool:
+    """Whether a file name has an extension of a format PIL can open (case-insensitive)."""
+    return os.path.splitext(os.fspath(name))[1].lower() in image_extensions()
+
+
+def list_image_files(folder: str | os.PathLike, recursive: bool = False) -> list[str]:
+    """The image files in a folder: what ``ImageEncoder().transform(folder)`` and ``skdeep embed folder`` read.
+
+    A file is listed when its extension is one PIL can open (:func:`image_extensions`) and it is a
+    regular file once symlinks are followed: named pipes, devices, sockets and broken symlinks are left
+    out. Names starting with "." (hidden files and folders, macOS ``._*`` resource forks) are left out.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The folder to list.
+    recursive : bool, default=False
+        Also list the files in subfolders, at any depth. Symlinks to folders are not followed (no
+        cycles, no escape from the tree).
+
+    Returns
+    -------
+    list of str
+        Paths made by joining ``folder`` as given with the file's path below it, in a fixed order:
+        sorted by name, a subfolder's files at the subfolder's place (``a/z.png`` before ``b.png``).
+
+    Raises
+    ------
+    FileNotFoundError, NotADirectoryError, PermissionError
+        When ``folder`` (or, with ``recursive``, a subfolder) cannot be listed.
+    """
+    root = os.fspath(folder)
+    if not stat.S_ISDIR(os.stat(root).st_mode):
+        raise NotADirectoryError(f"{root!r} is not a folder.")
+    extensions = image_extensions()
+    found: list[str] = []
+
+    def scan(directory: str) -> None:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    scan(os.path.join(directory, entry.name))
+                continue
+            if os.path.splitext(entry.name)[1].lower() not in extensions:
+                continue
+            try:
+                regular = stat.S_ISREG(entry.stat(follow_symlinks=True).st_mode)  # stat only: nothing is opened
+            except OSError:  # a broken symlink
+                continue
+            if regular:
+                found.append(os.path.join(directory, entry.name))
+
+    scan(root)
+    return found
 
 
 def expand_path_string(spec: str | os.PathLike) -> list[str]:
     """A single path string: one file, every image file in a directory, or the files a glob matches.
 
-    Directories are not searched recursively (use a ``**`` glob for that); their files are kept when
-    PIL knows the extension. Glob matches are kept as they are (the pattern is the user's choice).
-    Results are sorted, so row order is reproducible.
+    Directories are listed by :func:`list_image_files`, not recursively (use a ``**`` glob for
+    that). Glob matches are kept when they are regular files, whatever their extension (the pattern is
+    the user's choice). Results are sorted, so row order is reproducible.
     """
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if path.is_file():
         return [str(path.resolve())]
     if path.is_dir():
-        files = sorted(str(p.resolve()) for p in path.iterdir() if p.is_file() and _is_image_file_name(p.name))
+        files = [os.path.abspath(f) for f in list_image_files(path)]
         if not files:
-            raise ValueError(f"The directory {text!r} holds no image files (looked for {_extensions_hint()}).")
+            raise ValueError(
+                f"The directory {text!r} holds no image files (looked for {_extensions_hint()}; subfolders are not "
+                "searched: use a pattern such as 'photos/**/*.jpg' for those)."
+            )
         return files
+    if path.exists():  # neither a regular file nor a directory: never opened
+        raise UnreadableImageError(f"Cannot read {text!r}: {_file_problem(str(path), path.stat())}.")
     if glob.has_magic(text):
         files = sorted(str(Path(p).resolve()) for p in glob.glob(os.path.expanduser(text), recursive=True))
         files = [f for f in files if os.path.isfile(f)]
@@ -453,6 +596,12 @@ def validate_images(X, *, image_shape=None, pixel_range=None, check_files: bool 
     elif isinstance(X, Image.Image):
         raise TypeError("Expected a sequence of images, got a single PIL image; wrap it in a list: [image].")
     else:
+        problem = None if isinstance(X, np.ndarray) or hasattr(X, "to_numpy") else order_problem(X)
+        if problem is not None:
+            what, fix = problem
+            raise TypeError(
+                f"Expected a list, array or pandas Series of images, got {type(X).__name__} ({what}); {fix}."
+            )
         if hasattr(X, "columns") and hasattr(X, "iloc"):  # pandas DataFrame
             if X.shape[1] == 1 and getattr(X.dtypes.iloc[0], "kind", "O") not in "biufc":
                 X = X.iloc[:, 0]
@@ -492,13 +641,23 @@ def validate_images(X, *, image_shape=None, pixel_range=None, check_files: bool 
 def _validate_item(item, i: int, pixel_range, check_files: bool) -> ImageInput:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item).expanduser()
-        if path.is_dir():
+        try:
+            st = os.stat(path)  # follows symlinks; opens nothing
+            problem = None
+        except OSError as exc:
+            st = None
+            problem = "no such file" if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else _reason(exc)
+        if st is not None and stat.S_ISDIR(st.st_mode):
             raise ValueError(
                 f"Image at position {i} is a directory ({os.fspath(item)!r}); pass the directory itself as X to "
                 "use every image in it."
             )
-        if check_files and not path.is_file():
-            raise UnreadableImageError(f"Cannot read image file {os.fspath(item)!r} at position {i}: no such file.")
+        if check_files:
+            if st is not None:
+                problem = _file_problem(str(path), st)
+            if problem is not None:
+                raise UnreadableImageError(f"Cannot read image file {os.fspath(item)!r} at position {i}: {problem}.")
+        # Otherwise (on_error "skip" / "zero") a bad file is found, and reported, when it is hashed.
         return ImageInput("file", str(path.absolute()), i)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return ImageInput("bytes", bytes(item), i)

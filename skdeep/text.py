@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._containers import order_problem
 from .backends.text import POOLING_MODES, SentenceTransformerBackend
 from .devices import PRECISIONS
 from .engine import BaseEncoder, l2_normalize
@@ -21,6 +22,18 @@ TEXT_BACKENDS = ("torch", "onnx", "onnx-int8")
 def _describe(item) -> str:
     text = repr(item)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_encodable(text: str, position: int) -> None:
+    # A lone surrogate (e.g. from bytes decoded with errors="surrogateescape", or a "\ud800" JSON escape)
+    # is not valid Unicode: tokenizers fail on it with an error that names no row.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"Text at position {position} contains a lone surrogate ({text[exc.start]!r} at character {exc.start}), "
+            "which is not valid Unicode; fix the text, e.g. text.encode('utf-8', 'replace').decode('utf-8')."
+        ) from None
 
 
 def validate_texts(X) -> list[str]:
@@ -52,13 +65,23 @@ def validate_texts(X) -> list[str]:
             X = X[:, 0]
         elif X.ndim != 1:
             raise ValueError(f"Expected a 1-D array of strings, got an array of shape {X.shape}.")
-    elif not hasattr(X, "__iter__") or not hasattr(X, "__len__"):
-        raise TypeError(f"Expected a list, array or pandas Series of strings, got {type(X).__name__}.")
+    else:
+        problem = order_problem(X)
+        if problem is not None:
+            what, fix = problem
+            raise TypeError(
+                f"Expected a list, array or pandas Series of strings, got {type(X).__name__} ({what}); {fix}."
+            )
+        if not hasattr(X, "__iter__"):
+            raise TypeError(f"Expected a list, array or pandas Series of strings, got {type(X).__name__}.")
     texts = list(X)
     if not texts:
         raise ValueError("Expected at least one text, got an empty input (0 samples).")
     for i, item in enumerate(texts):
         if isinstance(item, str):
+            # isascii() is O(1) in CPython: only non-ASCII texts pay for the check.
+            if not item.isascii():
+                _check_encodable(item, i)
             continue
         if item is None:
             raise ValueError(f"Text at position {i} is None; fill or drop missing values first.")

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def test_embed_an_image_folder(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "img.parquet"
     assert main(["embed", str(folder), "--model", "resnet18", "--weights", "none", "--out", str(out),
-                 "--no-progress", "--no-cache"]) == 0
+                 "--no-progress", "--no-cache", "--recursive"]) == 0
     frame = pd.read_parquet(out)
     assert [Path(p).name for p in frame["path"]] == ["a.jpg", "b.png", "c.png"]
     expected = ImageEncoder("resnet18", weights=None, cache=None).transform(frame["path"].tolist())
@@ -268,3 +269,126 @@ def test_invalid_text_in_a_csv_names_the_row(tiny_text_model, tmp_path, capsys):
     pd.DataFrame({"t": ["good", None, "bad"]}).to_parquet(path)
     code, err = _exit_code(["embed", str(path), "--model", tiny_text_model, "--out", "x.npy"], capsys)
     assert code == 2 and "position 1" in err
+
+
+# ------------------------------------------------------------------------- image folders and unreadable images
+
+IMAGE_ARGS = ["--model", "timm:test_resnet", "--weights", "none", "--no-progress", "--no-cache"]
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                                reason="needs named pipes and /dev/zero")
+
+
+def _promptly(fn, timeout: float = 120.0):
+    """fn() in a thread, so that a regression blocking on a pipe fails the test instead of hanging the suite."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included, handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: it blocked on a pipe or read a device"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _save_images(folder, names, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+
+
+@needs_fifo
+def test_cli_and_image_encoder_read_the_same_files_of_a_folder(tmp_path, capsys):
+    pytest.importorskip("skdeep.image")
+    from skdeep.image import ImageEncoder
+    from skdeep.image_io import list_image_files, validate_images
+
+    folder = tmp_path / "photos"
+    _save_images(folder, ["b.png", "a.jpg", "sub/c.png", "sub/deeper/d.gif", ".hidden/e.png"])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub" / "readme.md").write_text("not an image either")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    (folder / "sub" / "pipe.jpg").symlink_to(folder / "pipe.png")
+
+    out = tmp_path / "flat.parquet"
+    assert _promptly(lambda: main(["embed", str(folder), "--out", str(out), *IMAGE_ARGS])) == 0
+    assert "--recursive" in capsys.readouterr().err  # says that the subfolders were left out
+    frame = pd.read_parquet(out)
+    library_reads = [it.data for it in _promptly(lambda: validate_images(str(folder)))]
+    assert [os.path.abspath(p) for p in frame["path"]] == library_reads
+    assert [Path(p).name for p in frame["path"]] == ["a.jpg", "b.png"]
+    encoder = ImageEncoder("timm:test_resnet", weights=None, cache=None)
+    from_folder = _promptly(lambda: encoder.transform(str(folder)))
+    np.testing.assert_allclose(np.stack(frame["embedding"].to_numpy()), from_folder, rtol=1e-4, atol=1e-5)
+
+    out = tmp_path / "deep.parquet"
+    assert _promptly(lambda: main(["embed", str(folder), "--recursive", "--out", str(out), *IMAGE_ARGS])) == 0
+    deep = pd.read_parquet(out)["path"].tolist()
+    assert deep == list_image_files(folder, recursive=True)
+    assert [os.path.relpath(p, folder) for p in deep] == ["a.jpg", "b.png", "sub/c.png", "sub/deeper/d.gif"]
+
+
+@needs_fifo
+def test_embed_on_error_and_max_pixels(tiny_text_model, lines_file, tmp_path, capsys):
+    pytest.importorskip("skdeep.image")
+    from skdeep.image import ImageEncoder
+
+    folder = tmp_path / "photos"
+    _save_images(folder, ["a.png", "b.png", "d.png"])
+    (folder / "c.jpg").write_bytes(b"plain text, not a JPEG")
+    good = [str(folder / n) for n in ("a.png", "b.png", "d.png")]
+    clean = ImageEncoder("timm:test_resnet", weights=None, cache=None).transform(good)
+    run = lambda *argv: _promptly(lambda: _exit_code(["embed", *map(str, argv), *IMAGE_ARGS], capsys))  # noqa: E731
+
+    code, err = run(folder, "--out", tmp_path / "x.npy")
+    assert code == 2 and "c.jpg" in err and "position 2" in err and len(err.strip().splitlines()) == 1
+
+    assert main(["embed", str(folder), "--out", str(tmp_path / "zero.npy"), "--on-error", "zero", *IMAGE_ARGS]) == 0
+    assert "1 of 4 images" in capsys.readouterr().err
+    zero = np.load(tmp_path / "zero.npy")
+    assert zero.shape == (4, clean.shape[1]) and not zero[2].any()
+    np.testing.assert_allclose(zero[[0, 1, 3]], clean, rtol=1e-4, atol=1e-5)
+
+    assert main(["embed", str(folder), "--out", str(tmp_path / "skip.parquet"), "--on-error", "skip", *IMAGE_ARGS]) == 0
+    assert "(1 of 4 images skipped)" in capsys.readouterr().err
+    frame = pd.read_parquet(tmp_path / "skip.parquet")
+    assert frame["path"].tolist() == good
+    np.testing.assert_allclose(np.stack(frame["embedding"].to_numpy()), clean, rtol=1e-4, atol=1e-5)
+
+    # A table of paths may name a pipe or a device: a failure row, never a hang.
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    table = tmp_path / "paths.csv"
+    pd.DataFrame({"path": ["photos/a.png", "pipe.png", "zero.png", "photos/b.png"]}).to_csv(table, index=False)
+    out = tmp_path / "table.parquet"
+    argv = ["embed", str(table), "--kind", "image", "--on-error", "skip", "--out", str(out), *IMAGE_ARGS]
+    assert _promptly(lambda: main(argv)) == 0
+    assert "(2 of 4 images skipped)" in capsys.readouterr().err
+    assert pd.read_parquet(out)["path"].tolist() == good[:2]
+    code, err = run(table, "--kind", "image", "--out", tmp_path / "t.npy")
+    assert code == 2 and "pipe.png" in err and "position 1" in err and "named pipe" in err
+
+    code, err = run(folder, "--on-error", "skip", "--out", tmp_path / "x.npy")
+    assert code == 2 and "needs a .parquet output" in err
+    code, err = _exit_code(["embed", str(lines_file), "--model", tiny_text_model, "--on-error", "zero",
+                            "--out", str(tmp_path / "t.npy")], capsys)
+    assert code == 2 and "--on-error applies to images" in err
+
+    # --max-pixels: the 40 x 48 = 1920-pixel images are refused under 1000, read with no limit.
+    code, err = run(folder, "--max-pixels", "1000", "--out", tmp_path / "x.npy")
+    assert code == 2 and "a.png" in err and "max_pixels=1,000" in err
+    code, err = run(folder, "--max-pixels", "0", "--out", tmp_path / "x.npy")
+    assert code == 2 and "positive integer" in err
+    assert main(["embed", str(folder), "--max-pixels", "none", "--on-error", "zero", "--out",
+                 str(tmp_path / "none.npy"), *IMAGE_ARGS]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "none.npy"), zero)

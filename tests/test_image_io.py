@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import skdeep.image_io as image_io
 from skdeep.image_io import (
     ImageInput,
     ImageTooLargeError,
     UnreadableImageError,
     check_array_image,
+    list_image_files,
+    read_image_file,
     to_rgb,
     validate_images,
 )
@@ -339,3 +344,143 @@ def test_decompression_bomb_header_is_refused_before_decoding():
     assert load_bytes(big_enough, max_pixels=600).shape == (20, 30, 3)
     with pytest.raises(ImageTooLargeError):
         load_bytes(big_enough, max_pixels=599)
+
+
+# ---------------------------------------------------------------------------------------------
+# files that are not regular files, and files too large to read
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                                reason="needs named pipes and /dev/zero")
+
+
+def call_promptly(fn, timeout: float = 60.0):
+    """fn() in a thread: a regression that blocks on a pipe or reads a device forever fails, not hangs."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: it blocked on a pipe or read a device"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """A good image, a named pipe and a symlink to /dev/zero, all with image extensions."""
+    good = write(tmp_path / "good.png", encode(rgb_array(0)))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    return good, str(fifo), str(zero)
+
+
+@needs_fifo
+def test_pipes_and_devices_are_refused_without_being_opened(hostile):
+    good, fifo, zero = hostile
+    for bad, kind in [(fifo, r"named pipe \(FIFO\)"), (zero, r"symlink to '/dev/zero', which is a character device")]:
+        with pytest.raises(UnreadableImageError, match=rf"{os.path.basename(bad)}.*position 1: it is .*{kind}"):
+            call_promptly(lambda: validate_images([good, bad]))
+        # Deferred (on_error "skip" / "zero"): hashing records the error, decoding reports it.
+        items = call_promptly(lambda: validate_images([good, bad], check_files=False))
+        call_promptly(lambda: [item.payload() for item in items])
+        assert items[1].error is not None
+        with pytest.raises(UnreadableImageError, match=rf"{os.path.basename(bad)}.*position 1.*{kind}"):
+            call_promptly(items[1].load)
+        with pytest.raises(UnreadableImageError, match="regular files"):
+            call_promptly(lambda: read_image_file(bad))
+        with pytest.raises(UnreadableImageError, match="regular files"):
+            call_promptly(lambda: validate_images(bad))  # the path string as the whole input
+    assert call_promptly(lambda: validate_images([good])[0].load()).size == (48, 40)
+
+
+@needs_fifo
+def test_a_pipe_swapped_in_after_the_check_is_caught_on_the_open_descriptor(hostile, monkeypatch):
+    good, fifo, _ = hostile
+    checks = []
+    real = image_io._file_problem
+
+    def first_check_passes(path, st):  # as if the path were a regular file when it was checked
+        checks.append(path)
+        return None if len(checks) == 1 else real(path, st)
+
+    monkeypatch.setattr(image_io, "_file_problem", first_check_passes)
+    with pytest.raises(UnreadableImageError, match=r"named pipe.*replaced while being opened"):
+        call_promptly(lambda: read_image_file(fifo))  # a blocking open would never return
+    assert len(checks) == 2
+
+
+def test_files_over_the_size_cap_are_unreadable(tmp_path, monkeypatch):
+    data = encode(rgb_array(0))
+    small = write(tmp_path / "small.png", encode(rgb_array(1, (2, 2))))
+    big = write(tmp_path / "big.png", data)
+    monkeypatch.setattr(image_io, "MAX_IMAGE_FILE_BYTES", len(data) - 1)
+    assert validate_images([small])[0].load().size == (2, 2)
+    with pytest.raises(UnreadableImageError, match=rf"big\.png.*position 1.*{len(data):,} bytes.*MAX_IMAGE_FILE_BYTES"):
+        validate_images([small, big])
+    (item,) = validate_images([big], check_files=False)
+    item.payload()
+    with pytest.raises(UnreadableImageError, match=r"big\.png.*position 0.*MAX_IMAGE_FILE_BYTES"):
+        item.load()
+    # The cap also holds for the bytes actually read (a file that grows after its size was checked).
+    monkeypatch.setattr(image_io, "_file_problem", lambda path, st: None)
+    with pytest.raises(UnreadableImageError, match="grew beyond"):
+        read_image_file(big)
+    assert image_io.MAX_IMAGE_FILE_BYTES == len(data) - 1  # read at call time, so it can be changed
+
+
+@needs_fifo
+def test_list_image_files_keeps_regular_image_files_only(tmp_path, hostile):
+    root = tmp_path
+    for sub in ("a/deeper", ".cache"):
+        (root / sub).mkdir(parents=True)
+    write(root / "b.jpg", encode(rgb_array(1), "JPEG"))
+    write(root / "C.PNG", encode(rgb_array(2)))
+    write(root / "notes.txt", b"not an image")
+    write(root / ".hidden.png", encode(rgb_array(3)))
+    (root / "broken.png").symlink_to(root / "nowhere.png")
+    (root / "link.png").symlink_to(root / "b.jpg")  # a symlink to a regular file is read
+    write(root / "a" / "z.png", encode(rgb_array(4)))
+    write(root / "a" / "deeper" / "y.gif", encode(rgb_array(5), "GIF"))
+    write(root / ".cache" / "x.png", encode(rgb_array(6)))
+    os.mkfifo(root / "a" / "pipe.jpg")
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # a cycle, never followed
+    names = lambda files: [os.path.relpath(f, root) for f in files]  # noqa: E731
+    flat = call_promptly(lambda: list_image_files(root))
+    assert names(flat) == ["C.PNG", "b.jpg", "good.png", "link.png"]
+    assert all(f.startswith(str(root)) for f in flat)
+    deep = call_promptly(lambda: list_image_files(str(root), recursive=True))
+    assert names(deep) == ["C.PNG", "a/deeper/y.gif", "a/z.png", "b.jpg", "good.png", "link.png"]
+    # ImageEncoder's folder input reads exactly these files, as absolute paths.
+    assert [it.data for it in call_promptly(lambda: validate_images(str(root)))] == [os.path.abspath(f) for f in flat]
+    with pytest.raises(NotADirectoryError):
+        list_image_files(root / "b.jpg")
+    with pytest.raises(FileNotFoundError):
+        list_image_files(root / "missing")
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (set, r"got set \(unordered: row order would be arbitrary\)"),
+        (frozenset, r"got frozenset \(unordered"),
+        (lambda xs: dict.fromkeys(xs), r"got dict \(a mapping\)"),
+        (lambda xs: dict.fromkeys(xs).keys(), r"got dict_keys \(unordered"),
+        (lambda xs: (x for x in xs), r"got generator \(an iterator without a length"),
+        (iter, r"got list_iterator \(an iterator"),
+    ],
+    ids=["set", "frozenset", "dict", "dict-keys", "generator", "iterator"],
+)
+def test_containers_without_row_order_are_refused(tmp_path, make, fragment):
+    paths = [write(tmp_path / f"{i}.png", encode(rgb_array(i))) for i in range(3)]
+    with pytest.raises(TypeError, match=fragment):
+        validate_images(make(paths))
+    assert len(validate_images(tuple(paths))) == 3  # ordered containers still work

@@ -110,6 +110,32 @@ def test_bad_input_names_the_first_bad_item(tiny_text_model, bad, error, message
         enc.transform(bad)
 
 
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (["ok", "fine", "good", "abc\ud800"], ValueError,
+         r"position 3 contains a lone surrogate \('\\ud800' at character 3\)"),
+        (["ok", "caf\udce9 au lait"], ValueError, "position 1 contains a lone surrogate"),  # surrogateescape'd byte
+        ({"a", "b"}, TypeError, r"got set \(unordered: row order would be arbitrary\); pass a list"),
+        (frozenset({"a"}), TypeError, r"got frozenset \(unordered"),
+        ({"a": "x", "b": "y"}, TypeError, r"got dict \(a mapping\); pass list\(X.values\(\)\)"),
+        ({"a": 1}.keys(), TypeError, r"got dict_keys \(unordered"),
+        ((t for t in ["a", "b"]), TypeError, r"got generator \(an iterator without a length"),
+        (iter(["a", "b"]), TypeError, r"got list_iterator \(an iterator"),
+    ],
+    ids=["surrogate", "escaped-byte", "set", "frozenset", "dict", "dict-keys", "generator", "iterator"],
+)
+def test_lone_surrogates_and_unordered_containers_are_refused(tiny_text_model, bad, error, message):
+    # Before: a tokenizer TypeError naming no row, or rows in set-iteration order.
+    with pytest.raises(error, match=message):
+        TextEncoder(tiny_text_model, cache=None).fit_transform(bad)
+
+
+def test_non_ascii_text_is_still_valid(tiny_text_model):
+    out = TextEncoder(tiny_text_model, cache=None).transform(["café", "naïve 日本語 \U0001f600", "plain"])
+    assert out.shape == (3, 32) and np.isfinite(out).all()
+
+
 def test_empty_strings_are_valid(tiny_text_model):
     out = TextEncoder(tiny_text_model, cache=None).transform(["", "", "x"])
     assert out.shape == (3, 32) and np.isfinite(out).all()

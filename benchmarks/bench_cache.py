@@ -142,7 +142,7 @@ def bench_cold(texts, repeats=5):
     times = {name: [] for name in names}
     for r in range(repeats):
         # Interleaved, and the order rotates every round, so a load change hits every variant alike.
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(variants[name]())
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -169,10 +169,10 @@ def main(argv=None):
         _, grid_rows = bench_grid(grid_data["text"], grid_data["label"].to_numpy(), slow=not args.no_slow)
         ideal = grid_rows[0][1]
         lines += [
-        f"### 1. GridSearchCV(cv=5, {len(C_GRID)} values of C) on {len(grid_data)} snippets",
-        "",
-        "Ideal and skdeep rows: median of 3 interleaved runs; the slow rows: one run.",
-        "",
+            f"### 1. GridSearchCV(cv=5, {len(C_GRID)} values of C) on {len(grid_data)} snippets",
+            "",
+            "Ideal and skdeep rows: median of 3 interleaved runs; the slow rows: one run.",
+            "",
             "| variant | time (s) | ratio to ideal |",
             "|---|---|---|",
         ]
@@ -180,16 +180,26 @@ def main(argv=None):
 
     if "2" in args.sections:
         warm, fill_rate = bench_warm(args.n_warm)
-        lines += ["", f"### 2. Warm-cache transform of {args.n_warm:,} cached rows (384-d)", "",
-                  "| layer | rows/s |", "|---|---|"]
+        lines += [
+            "",
+            f"### 2. Warm-cache transform of {args.n_warm:,} cached rows (384-d)",
+            "",
+            "| layer | rows/s |",
+            "|---|---|",
+        ]
         lines += [f"| {name} | {rate:,.0f} |" for name, rate in warm]
         lines += [f"| (writing them: put_many) | {fill_rate:,.0f} |"]
 
     if "3" in args.sections:
         cold = bench_cold(cold_texts)
         base = cold["cache=None"]
-        lines += ["", f"### 3. Cold transform of {len(cold_texts)} snippets (median of 5, interleaved, order rotated)",
-                  "", "| cache | time (s) | overhead vs cache=None |", "|---|---|---|"]
+        lines += [
+            "",
+            f"### 3. Cold transform of {len(cold_texts)} snippets (median of 5, interleaved, order rotated)",
+            "",
+            "| cache | time (s) | overhead vs cache=None |",
+            "|---|---|---|",
+        ]
         lines += [f"| {name} | {t:.2f} | {100 * (t / base - 1):+.1f} % |" for name, t in cold.items()]
 
     table = "\n".join(lines)

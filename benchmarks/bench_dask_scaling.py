@@ -127,15 +127,29 @@ def bench_scaling(texts, model, repeats, partition_size):
                     raise AssertionError(f"workers have MALLOC_TRIM_THRESHOLD_={trim}, tuned={tuned}")
                 X = embed(texts, encoder, partition_size=partition_size)
                 settings = "WORKER_CONFIG" if tuned else "Dask's default worker env"
-                configs.append((f"dask.embed, {n_workers} worker(s) x 1 thread, {settings}", n_workers, threads,
-                                lambda client=client, X=X: client.compute(X).result(), start_s + warm_s))
+                configs.append(
+                    (
+                        f"dask.embed, {n_workers} worker(s) x 1 thread, {settings}",
+                        n_workers,
+                        threads,
+                        lambda client=client, X=X: client.compute(X).result(),
+                        start_s + warm_s,
+                    )
+                )
         client = clusters[-1][1]
         cached = TextEncoder(model, cache=cache_dir)
         with client.as_current():
             warm_cache(texts, cached, partition_size=partition_size)
             X_cached = embed(texts, cached, partition_size=partition_size)
-        configs.append(("dask.embed, 2 workers, warm shared disk cache", 2, threads,
-                        lambda: client.compute(X_cached).result(), float("nan")))
+        configs.append(
+            (
+                "dask.embed, 2 workers, warm shared disk cache",
+                2,
+                threads,
+                lambda: client.compute(X_cached).result(),
+                float("nan"),
+            )
+        )
 
         times = {c[0]: [] for c in configs}
         loads = {c[0]: [] for c in configs}
@@ -245,8 +259,7 @@ def write_results(scaling, grid, args):
     labels = [r[0].replace("TextEncoder.transform, ", "").replace("dask.embed, ", "dask, ") for r in shown]
     rates = [r[3] for r in shown]
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    colors = ["#4c72b0" if "WORKER_CONFIG" in name else "#8fa8cf" if "worker" in name else "#999999"
-              for name in labels]
+    colors = ["#4c72b0" if "WORKER_CONFIG" in name else "#8fa8cf" if "worker" in name else "#999999" for name in labels]
     bars = ax.barh(labels[::-1], rates[::-1], color=colors[::-1])
     ax.bar_label(bars, fmt="%.0f", padding=3)
     ax.set_xlabel("texts / s (best run; higher is better)")

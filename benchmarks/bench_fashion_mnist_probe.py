@@ -59,8 +59,10 @@ def main(argv=None):
     example = load_example()
     rows = example.run(args.n_train, args.n_test, args.image_size, args.batch_size)
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    title = (f"Fashion-MNIST linear probe, {args.n_train} train / {args.n_test} test, image_size={args.image_size}, "
-             f"CPU with {os.cpu_count()} cores{load}")
+    title = (
+        f"Fashion-MNIST linear probe, {args.n_train} train / {args.n_test} test, image_size={args.image_size}, "
+        f"CPU with {os.cpu_count()} cores{load}"
+    )
     print(title)
     print(example.markdown_table(rows))
     RESULTS.mkdir(exist_ok=True)

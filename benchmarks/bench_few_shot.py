@@ -66,8 +66,11 @@ def main(argv=None):
     parser.add_argument("--ft-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for fine-tuning (CPU time)")
     parser.add_argument("--n-test", type=int, default=400)
     parser.add_argument("--methods", nargs="+", default=["tfidf", "zero-shot", "frozen", "frozen-cv", "fine-tuned"])
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows of other methods already in the output CSV (re-run some methods only)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows of other methods already in the output CSV (re-run some methods only)",
+    )
     parser.add_argument("--ft-loss", default="pairwise")
     parser.add_argument("--ft-epochs", type=int, default=None, help="default: 64 steps' worth, at least 10 epochs")
     parser.add_argument("--ft-unfreeze", type=int, default=None)
@@ -143,14 +146,27 @@ def main(argv=None):
                 t = time.perf_counter()
                 clf.fit(X, y)
                 seconds = time.perf_counter() - t
-                record("fine-tuned", k, seed, clf.score(X_test, y_test), seconds,
-                       steps=clf.n_steps_, best_step=clf.best_step_)
+                record(
+                    "fine-tuned",
+                    k,
+                    seed,
+                    clf.score(X_test, y_test),
+                    seconds,
+                    steps=clf.n_steps_,
+                    best_step=clf.best_step_,
+                )
                 # The same tuned encoder with the cross-validated head (no second fine-tuning).
                 t = time.perf_counter()
                 cv = StratifiedKFold(min(5, k), shuffle=True, random_state=seed)
                 head = LogisticRegressionCV(Cs=10, cv=cv, max_iter=1000).fit(clf.transform(X), y)
-                record("fine-tuned-cv", k, seed, head.score(clf.transform(X_test), y_test),
-                       seconds + time.perf_counter() - t, C=head.C_[0])
+                record(
+                    "fine-tuned-cv",
+                    k,
+                    seed,
+                    head.score(clf.transform(X_test), y_test),
+                    seconds + time.perf_counter() - t,
+                    C=head.C_[0],
+                )
 
     frame = pd.DataFrame(rows)
     table = summarise(frame)
@@ -166,19 +182,31 @@ def main(argv=None):
 
 def summarise(frame: pd.DataFrame) -> str:
     order = ["zero-shot", "tf-idf", "frozen", "frozen-cv", "fine-tuned", "fine-tuned-cv"]
-    names = {"zero-shot": "zero-shot (no labels)", "tf-idf": "TF-IDF + LR", "frozen": "frozen MiniLM + LR (C=1)",
-             "frozen-cv": "frozen MiniLM + LR (C by CV)", "fine-tuned": "fine-tuned MiniLM + LR (C=1)",
-             "fine-tuned-cv": "fine-tuned MiniLM + LR (C by CV)"}
+    names = {
+        "zero-shot": "zero-shot (no labels)",
+        "tf-idf": "TF-IDF + LR",
+        "frozen": "frozen MiniLM + LR (C=1)",
+        "frozen-cv": "frozen MiniLM + LR (C by CV)",
+        "fine-tuned": "fine-tuned MiniLM + LR (C=1)",
+        "fine-tuned-cv": "fine-tuned MiniLM + LR (C by CV)",
+    }
     ks = sorted(frame["k"].unique())
-    lines = ["| method | " + " | ".join(f"k={k} per class" for k in ks) + " | mean fit time (s) |",
-             "|---|" + "---|" * (len(ks) + 1)]
+    lines = [
+        "| method | " + " | ".join(f"k={k} per class" for k in ks) + " | mean fit time (s) |",
+        "|---|" + "---|" * (len(ks) + 1),
+    ]
     for method in [m for m in order if m in set(frame["method"])]:
         sub = frame[frame["method"] == method]
         cells = []
         for k in ks:
             acc = sub[sub["k"] == k]["accuracy"]
-            cells.append("—" if acc.empty else f"{acc.mean():.3f} ± {acc.std(ddof=0):.3f}" if len(acc) > 1
-                         else f"{acc.mean():.3f}")
+            cells.append(
+                "—"
+                if acc.empty
+                else f"{acc.mean():.3f} ± {acc.std(ddof=0):.3f}"
+                if len(acc) > 1
+                else f"{acc.mean():.3f}"
+            )
         lines.append(f"| {names[method]} | " + " | ".join(cells) + f" | {sub['fit_seconds'].mean():.1f} |")
     return "\n".join(lines)
 
@@ -190,8 +218,13 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, style in [("tf-idf", "s--"), ("frozen", "o:"), ("frozen-cv", "o-"), ("fine-tuned", "^:"),
-                          ("fine-tuned-cv", "^-")]:
+    for method, style in [
+        ("tf-idf", "s--"),
+        ("frozen", "o:"),
+        ("frozen-cv", "o-"),
+        ("fine-tuned", "^:"),
+        ("fine-tuned-cv", "^-"),
+    ]:
         sub = frame[frame["method"] == method]
         if sub.empty:
             continue

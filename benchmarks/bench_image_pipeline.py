@@ -94,8 +94,13 @@ def run(model, weights, image_size, batch_size, n_images, device, workers, forma
                 enc.set_params(num_workers=w)
                 resolved = enc._n_workers(n_images)
                 rate = end_to_end_rate(enc, files[fmt])
-                rows.append({"pipeline": f"end to end from {fmt.upper()} files", "workers": f"{w} ({resolved})",
-                             "images_per_s": rate})
+                rows.append(
+                    {
+                        "pipeline": f"end to end from {fmt.upper()} files",
+                        "workers": f"{w} ({resolved})",
+                        "images_per_s": rate,
+                    }
+                )
         after = model_only_rate(enc, files[formats[0]], batch_size)
     model_rate = (before + after) / 2
     for row in rows:
@@ -110,7 +115,7 @@ def run(model, weights, image_size, batch_size, n_images, device, workers, forma
 def environment(device: str) -> str:
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     threads = torch.get_num_threads()
     return f"{dev.type} ({name}), {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads{load}"
 
@@ -152,10 +157,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     weights = None if args.weights.lower() == "none" else args.weights
     workers = [w if w == "auto" else int(w) for w in args.workers.split(",")]
-    rows = run(args.model, weights, args.image_size, args.batch_size, args.n_images, args.device, workers,
-               args.formats.split(","))
-    title = (f"{args.model} ({args.weights}), batch {args.batch_size}, {args.n_images} images, "
-             f"image_size={args.image_size or 'native'}; {environment(args.device)}")
+    rows = run(
+        args.model,
+        weights,
+        args.image_size,
+        args.batch_size,
+        args.n_images,
+        args.device,
+        workers,
+        args.formats.split(","),
+    )
+    title = (
+        f"{args.model} ({args.weights}), batch {args.batch_size}, {args.n_images} images, "
+        f"image_size={args.image_size or 'native'}; {environment(args.device)}"
+    )
     print(title)
     print(markdown(rows))
     RESULTS.mkdir(exist_ok=True)

@@ -102,13 +102,15 @@ def main(argv=None):
         f"all-MiniLM-L6-v2, {args.n} Rotten Tomatoes snippets, batch {args.batch_size}, "
         f"median of {args.rounds} interleaved rounds; {os.cpu_count()} CPU cores, load average {load:.1f} at the end.",
         "",
-        "| backend | texts/s | speed-up vs torch | cosine to torch (min / mean) | first use (s) | reuse in a new process (s) |",
+        "| backend | texts/s | speed-up vs torch | cosine to torch (min / mean) | first use (s) "
+        "| reuse in a new process (s) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         reuse_cell = "—" if r["reuse_s"] is None else f"{r['reuse_s']:.1f}"
         lines.append(
-            f"| {r['backend']} | {r['texts_per_s']:.1f} | {r['speedup']:.2f}x | {r['cos_min']:.4f} / {r['cos_mean']:.4f} "
+            f"| {r['backend']} | {r['texts_per_s']:.1f} | {r['speedup']:.2f}x "
+            f"| {r['cos_min']:.4f} / {r['cos_mean']:.4f} "
             f"| {r['setup_s']:.1f} | {reuse_cell} |"
         )
     lines += [

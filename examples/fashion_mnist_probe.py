@@ -118,8 +118,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     rows = run(args.n_train, args.n_test, args.image_size, args.batch_size)
-    print(f"Fashion-MNIST linear probe: {args.n_train} training / {args.n_test} test images, "
-          f"image_size={args.image_size}")
+    print(
+        f"Fashion-MNIST linear probe: {args.n_train} training / {args.n_test} test images, image_size={args.image_size}"
+    )
     print(markdown_table(rows))
     return rows
 

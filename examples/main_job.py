@@ -67,7 +67,9 @@ def main(argv=None):
 
     rows = []
     searches = {
-        "TF-IDF + LogReg": make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2), LogisticRegression(max_iter=2000)),
+        "TF-IDF + LogReg": make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), min_df=2), LogisticRegression(max_iter=2000)
+        ),
         f"skdeep TextEncoder({args.model}) + LogReg": make_pipeline(
             TextEncoder(args.model, cache=cache), LogisticRegression(max_iter=2000)
         ),
@@ -101,8 +103,10 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipe, out)
     expected = pipe.predict(test["text"])
-    print(f"\nSaved the pipeline to {out} ({out.stat().st_size / 1024:.1f} KiB: weights by reference, "
-          f"fingerprint {pipe[0].model_fingerprint_}).")
+    print(
+        f"\nSaved the pipeline to {out} ({out.stat().st_size / 1024:.1f} KiB: weights by reference, "
+        f"fingerprint {pipe[0].model_fingerprint_})."
+    )
 
     # Reload in a fresh process and predict the held-out set there.
     texts_file = out.with_suffix(".texts.npy")

@@ -49,7 +49,8 @@ CELLS = [
         "print(cache.stats)"
     ),
     new_code_cell(
-        "features = TextEncoder('all-MiniLM-L6-v2', cache=cache).set_output(transform='pandas').fit_transform(data.text)\n"
+        "encoder = TextEncoder('all-MiniLM-L6-v2', cache=cache).set_output(transform='pandas')\n"
+        "features = encoder.fit_transform(data.text)\n"
         "features.iloc[:3, :6]"
     ),
     new_code_cell(
@@ -68,7 +69,9 @@ def build(path: Path, execute: bool) -> None:
     if execute:
         from nbclient import NotebookClient
 
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     nbformat.write(nb, path)
 
 

@@ -7,8 +7,8 @@ Each step is the scikit-learn API; run the whole script on a CPU in a few minute
 
 from __future__ import annotations
 
-import sys
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,8 +2,8 @@
 
 Grid searches need nothing from this module: wrap ``GridSearchCV.fit`` (or ``cross_val_score``) in
 ``joblib.parallel_backend("dask")`` and give the encoders a cache directory that every worker can
-reach; see the README section "Running skdeep on Dask". This module covers the other half, embedding collections too large
-for one machine:
+reach; see the Dask page of the user guide. This module covers the other half, embedding
+collections too large for one machine:
 
 * :func:`embed` returns a Dask array (one block per partition of the input);
 * :func:`embed_frame` returns a Dask DataFrame aligned with the input's index;
@@ -45,15 +45,14 @@ import pickle
 import threading
 from typing import NamedTuple
 
-import numpy as np
-import pandas as pd
-from sklearn.base import clone
-
 import cloudpickle
 import dask
 import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
 
 __all__ = ["WORKER_CONFIG", "describe_workers", "embed", "embed_frame", "embed_to_parquet", "warm_cache"]
 
@@ -318,10 +317,7 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     shipped = _fitted_encoder(encoder, partitions)
     dim = shipped.n_features_out
     tasks = _tasks(_embed_partition, shipped, partitions)
-    blocks = [
-        da.from_delayed(task, shape=(n, dim), dtype=np.float32)
-        for task, n in zip(tasks, partitions.lengths)
-    ]
+    blocks = [da.from_delayed(task, shape=(n, dim), dtype=np.float32) for task, n in zip(tasks, partitions.lengths)]
     return da.concatenate(blocks, axis=0, allow_unknown_chunksizes=True)
 
 
@@ -352,7 +348,11 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
         starts = [0] * len(partitions.parts)
     n = len(partitions.parts)
     tasks = _tasks(
-        _embed_partition_frame, shipped, partitions, [columns] * n, starts,
+        _embed_partition_frame,
+        shipped,
+        partitions,
+        [columns] * n,
+        starts,
     )
     meta = pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), columns=columns, index=partitions.index_meta)
     if partitions.kind == _FRAME:

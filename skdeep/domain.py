@@ -29,16 +29,11 @@ from sklearn.base import (
     ClassNamePrefixFeaturesOutMixin,
     OneToOneFeatureMixin,
     TransformerMixin,
-    _fit_context,
 )
 from sklearn.utils import check_array
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import (
-    FLOAT_DTYPES,
-    _get_feature_names,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted
+
+from ._sklearn import Interval, StrOptions, _fit_context, _get_feature_names, validate_data
 
 __all__ = ["CORAL", "SubspaceAlignment"]
 
@@ -92,11 +87,7 @@ class _BaseDomainAdapter(TransformerMixin, BaseEstimator):
             )
         target_names = _get_feature_names(target)
         source_names = getattr(self, "feature_names_in_", None)
-        if (
-            target_names is not None
-            and source_names is not None
-            and not np.array_equal(target_names, source_names)
-        ):
+        if target_names is not None and source_names is not None and not np.array_equal(target_names, source_names):
             raise ValueError(
                 f"The feature names of {target_name} differ from those of X: "
                 f"{list(target_names)} vs {list(source_names)}."
@@ -474,12 +465,8 @@ class SubspaceAlignment(ClassNamePrefixFeaturesOutMixin, _BaseDomainAdapter):
         X_target = X_target.astype(np.float64, copy=False)
         self.mean_source_ = X_source.mean(axis=0)
         self.mean_target_ = X_target.mean(axis=0)
-        self.components_source_ = _principal_axes(
-            X_source - self.mean_source_, n_components
-        )
-        self.components_target_ = _principal_axes(
-            X_target - self.mean_target_, n_components
-        )
+        self.components_source_ = _principal_axes(X_source - self.mean_source_, n_components)
+        self.components_target_ = _principal_axes(X_target - self.mean_target_, n_components)
         self.alignment_ = self.components_source_ @ self.components_target_.T
         self.n_components_ = n_components
 

@@ -29,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from . import backends
 from ._config import ENCODE_LOG_ENV, encode_log_path
+from ._sklearn import _fit_context
 from .cache import claims_for, fetch_claimed_elsewhere, resolve_cache
 from .devices import resolve_device, run_in_batches
 from .persistence import verify_on_load

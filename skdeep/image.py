@@ -7,10 +7,8 @@ import warnings
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils._set_output import _get_output_config
-from sklearn.utils.validation import validate_data
 
+from ._sklearn import Interval, StrOptions, _get_output_config, validate_data
 from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
 from .devices import PRECISIONS, resolve_device
 from .engine import BaseEncoder
@@ -393,4 +391,3 @@ class ImageEncoder(BaseEncoder):
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32 whatever the input
         return tags
-

@@ -343,9 +343,7 @@ def check_array_image(a: np.ndarray, position: int, pixel_range=None) -> np.ndar
     where = f"Image at position {position}"
     kind = a.dtype.kind
     if kind == "b":
-        raise TypeError(
-            f"{where} is a boolean array; convert it to uint8 first (e.g. mask.astype(np.uint8) * 255)."
-        )
+        raise TypeError(f"{where} is a boolean array; convert it to uint8 first (e.g. mask.astype(np.uint8) * 255).")
     if kind not in "uif":
         raise TypeError(
             f"{where} is an array of dtype {a.dtype}; expected uint8 (0..255), another integer type in 0..255, "
@@ -357,11 +355,7 @@ def check_array_image(a: np.ndarray, position: int, pixel_range=None) -> np.ndar
             "(H, W, 4)."
         )
     if a.ndim == 3 and a.shape[2] not in _VALID_CHANNELS:
-        hint = (
-            " It looks channels-first: use np.moveaxis(image, 0, -1)."
-            if a.shape[0] in _VALID_CHANNELS
-            else ""
-        )
+        hint = " It looks channels-first: use np.moveaxis(image, 0, -1)." if a.shape[0] in _VALID_CHANNELS else ""
         raise ValueError(f"{where} has shape {a.shape}: {a.shape[2]} channels, expected 1, 3 or 4.{hint}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{where} is empty (shape {a.shape}).")
@@ -371,9 +365,7 @@ def check_array_image(a: np.ndarray, position: int, pixel_range=None) -> np.ndar
             raise ValueError(f"{where} contains NaN or infinite values.")
         amin, amax = a.min(), a.max()
         if amin < lo or amax > hi:
-            raise ValueError(
-                f"{where} has values in [{amin:.6g}, {amax:.6g}], outside pixel_range=({lo!r}, {hi!r})."
-            )
+            raise ValueError(f"{where} has values in [{amin:.6g}, {amax:.6g}], outside pixel_range=({lo!r}, {hi!r}).")
     elif kind == "f":
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{where} contains NaN or infinite values.")
@@ -541,9 +533,7 @@ def _rows_of_2d(X: np.ndarray, image_shape) -> list[np.ndarray]:
     try:
         shaped = X.reshape((n, *image_shape))
     except ValueError:
-        raise ValueError(
-            f"Cannot reshape rows of {n_features} values into image_shape={image_shape}."
-        ) from None
+        raise ValueError(f"Cannot reshape rows of {n_features} values into image_shape={image_shape}.") from None
     return list(shaped)
 
 
@@ -590,9 +580,7 @@ def validate_images(X, *, image_shape=None, pixel_range=None, check_files: bool 
     if isinstance(X, (str, os.PathLike)):
         raw = expand_path_string(X)
     elif isinstance(X, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            "Expected a sequence of images, got a single bytes object; wrap it in a list: [data]."
-        )
+        raise TypeError("Expected a sequence of images, got a single bytes object; wrap it in a list: [data].")
     elif isinstance(X, Image.Image):
         raise TypeError("Expected a sequence of images, got a single PIL image; wrap it in a list: [image].")
     else:

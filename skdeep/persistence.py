@@ -254,7 +254,9 @@ def _check_skops(path: Path) -> None:
             sealed = _SKOPS_COMMENT.fullmatch(zf.comment)
             actual = _zip_digest(zf)  # also checks every member's CRC
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error) as exc:
-        raise CorruptFileError(f"{str(path)!r} is damaged or truncated: not a readable .skops file ({_short(exc)}).") from exc
+        raise CorruptFileError(
+            f"{str(path)!r} is damaged or truncated: not a readable .skops file ({_short(exc)})."
+        ) from exc
     if sealed is not None and sealed.group(1).decode() != actual:
         raise CorruptFileError(
             f"{str(path)!r} is damaged: its content does not match the checksum saved with it. Save the model again."
@@ -293,7 +295,9 @@ def _joblib_payload(path: Path) -> tuple[int, bool]:
             digest.update(chunk)
             read += len(chunk)
     if read != size:
-        raise CorruptFileError(f"{str(path)!r} is truncated or damaged: {read:,} bytes of model data, expected {size:,}.")
+        raise CorruptFileError(
+            f"{str(path)!r} is truncated or damaged: {read:,} bytes of model data, expected {size:,}."
+        )
     if digest.hexdigest() != expected:
         raise CorruptFileError(
             f"{str(path)!r} is damaged: its content does not match the checksum saved with it. Save the model again."

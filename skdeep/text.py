@@ -8,9 +8,9 @@ from numbers import Integral
 
 import numpy as np
 import pandas as pd
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._containers import order_problem
+from ._sklearn import Interval, StrOptions
 from .backends.text import POOLING_MODES, SentenceTransformerBackend
 from .devices import PRECISIONS
 from .engine import BaseEncoder, l2_normalize
@@ -59,9 +59,7 @@ def validate_texts(X) -> list[str]:
     if isinstance(X, np.ndarray):
         if X.ndim == 2:
             if X.shape[1] != 1:
-                raise ValueError(
-                    f"Expected a 1-D array of strings or one column, got a 2-D array of shape {X.shape}."
-                )
+                raise ValueError(f"Expected a 1-D array of strings or one column, got a 2-D array of shape {X.shape}.")
             X = X[:, 0]
         elif X.ndim != 1:
             raise ValueError(f"Expected a 1-D array of strings, got an array of shape {X.shape}.")

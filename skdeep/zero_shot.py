@@ -6,11 +6,10 @@ from numbers import Real
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
-from sklearn.utils._param_validation import HasMethods, Interval
-from sklearn.utils.validation import check_is_fitted
 
+from ._sklearn import HasMethods, Interval, _fit_context
 from .engine import l2_normalize
 from .text import validate_texts
 
@@ -155,7 +154,8 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
                 descs = [desc] if isinstance(desc, str) else list(desc) if isinstance(desc, (list, tuple)) else None
                 if not descs or not all(isinstance(d, str) and d.strip() for d in descs):
                     raise ValueError(
-                        f"The description of label {label!r} must be a non-empty string or a list of them, got {desc!r}."
+                        f"The description of label {label!r} must be a non-empty string or a list of them, "
+                        f"got {desc!r}."
                     )
                 mapping[label] = descs
         else:
@@ -201,7 +201,8 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
             return self.encoder_, self.classes_, self.label_embeddings_, self.temperature_
         if self.labels is None:
             raise NotFittedError(
-                "This ZeroShotClassifier has no labels: call fit(X, y) first, or give labels=[...] to predict without fit."
+                "This ZeroShotClassifier has no labels: call fit(X, y) first, or give labels=[...] to predict "
+                "without fit."
             )
         self._validate_params()
         classes, descriptions = self._label_descriptions()

@@ -128,18 +128,12 @@ def test_pipeline_predicts_target_without_recolouring_it(domains):
     np.testing.assert_allclose(model.coef_, reference.coef_)
     # ...and the pipeline predicts on raw target features (CORAL is the identity).
     np.testing.assert_array_equal(pipe.predict(X_target), model.predict(X_target))
-    np.testing.assert_allclose(
-        pipe.decision_function(X_target), model.decision_function(X_target)
-    )
+    np.testing.assert_allclose(pipe.decision_function(X_target), model.decision_function(X_target))
     # Re-colouring the target as if it were source data would change predictions.
     pipe.set_params(coral__transform_domain="source")
     moved = coral._map_source(X_target)
-    np.testing.assert_allclose(
-        pipe.decision_function(X_target), model.decision_function(moved)
-    )
-    assert not np.allclose(
-        model.decision_function(moved), model.decision_function(X_target)
-    )
+    np.testing.assert_allclose(pipe.decision_function(X_target), model.decision_function(moved))
+    assert not np.allclose(model.decision_function(moved), model.decision_function(X_target))
 
 
 def test_pipeline_with_scaler_before_coral(domains):
@@ -148,9 +142,7 @@ def test_pipeline_with_scaler_before_coral(domains):
     # StandardScaler fitted on the same source data is deterministic, so
     # scaling the target with it matches what the pipeline's scaler does.
     scaled_target = StandardScaler().fit(X_source).transform(X_target)
-    pipe = make_pipeline(
-        StandardScaler(), CORAL(target=scaled_target), LogisticRegression()
-    )
+    pipe = make_pipeline(StandardScaler(), CORAL(target=scaled_target), LogisticRegression())
     adapted = pipe.fit(X_source, y_source).score(X_target, y_target)
     baseline = make_pipeline(StandardScaler(), LogisticRegression())
     baseline = baseline.fit(X_source, y_source).score(X_target, y_target)
@@ -173,9 +165,7 @@ def test_cross_val_score_trains_on_source_and_scores_on_target(domains):
         y,
         cv=splits,
     )
-    baseline = cross_val_score(
-        make_pipeline(StandardScaler(), LogisticRegression()), X, y, cv=splits
-    )
+    baseline = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression()), X, y, cv=splits)
     assert adapted.shape == (3,)
     assert (adapted > 0.95).all()
     assert (adapted - baseline > 0.1).all()
@@ -240,9 +230,7 @@ def test_subspace_alignment_all_components_by_default(domains):
 def test_subspace_alignment_improves_accuracy_on_shifted_target(domains):
     X_source, y_source, X_target, y_target = domains
     baseline = _source_only_accuracy(X_source, y_source, X_target, y_target)
-    pipe = make_pipeline(
-        SubspaceAlignment(target=X_target, n_components=2), LogisticRegression()
-    )
+    pipe = make_pipeline(SubspaceAlignment(target=X_target, n_components=2), LogisticRegression())
     adapted = pipe.fit(X_source, y_source).score(X_target, y_target)
     assert adapted > 0.95
     assert adapted - baseline > 0.1
@@ -287,9 +275,7 @@ def test_target_through_pipeline_fit_params(Adapter, domains):
 def test_target_through_metadata_routing(Adapter, domains):
     X_source, y_source, X_target, y_target = domains
     with sklearn.config_context(enable_metadata_routing=True):
-        pipe = make_pipeline(
-            Adapter().set_fit_request(X_target=True), LogisticRegression()
-        )
+        pipe = make_pipeline(Adapter().set_fit_request(X_target=True), LogisticRegression())
         pipe.fit(X_source, y_source, X_target=X_target)
         routed = pipe.predict(X_target)
         reference = make_pipeline(Adapter(target=X_target), LogisticRegression())
@@ -314,9 +300,7 @@ def test_missing_target(Adapter, domains):
 @pytest.mark.parametrize("Adapter", [CORAL, SubspaceAlignment])
 def test_mismatched_feature_count(Adapter, domains):
     X_source, _, X_target, _ = domains
-    with pytest.raises(
-        ValueError, match=r"target has n_features=4 \(shape \(300, 4\)\).*\(300, 5\)"
-    ):
+    with pytest.raises(ValueError, match=r"target has n_features=4 \(shape \(300, 4\)\).*\(300, 5\)"):
         Adapter(target=X_target[:, :4]).fit(X_source)
     with pytest.raises(ValueError, match=r"X_target has n_features=4"):
         Adapter().fit(X_source, X_target=X_target[:, :4])
@@ -384,9 +368,7 @@ def test_clone_and_get_params_keep_target(Adapter, domains):
     cloned = clone(adapter)
     np.testing.assert_array_equal(cloned.target, X_target)
     assert not hasattr(cloned, "mean_target_")
-    np.testing.assert_allclose(
-        cloned.fit_transform(X_source), adapter.fit_transform(X_source)
-    )
+    np.testing.assert_allclose(cloned.fit_transform(X_source), adapter.fit_transform(X_source))
 
 
 def test_set_output_pandas(domains):
@@ -407,9 +389,7 @@ def test_set_output_pandas(domains):
     assert list(projected.columns) == [f"subspacealignment{i}" for i in range(3)]
     assert list(aligner.transform(target).columns) == list(projected.columns)
 
-    pipe = make_pipeline(StandardScaler(), CORAL(target=X_target)).set_output(
-        transform="pandas"
-    )
+    pipe = make_pipeline(StandardScaler(), CORAL(target=X_target)).set_output(transform="pandas")
     assert list(pipe.fit_transform(source).columns) == columns
     assert list(pipe.get_feature_names_out()) == columns
 
@@ -490,19 +470,13 @@ class SelfTargetingSubspaceAlignment(_SelfTargeting, SubspaceAlignment):
 
 _CHECKED_ADAPTERS = {
     "CORAL-target3": CORAL(target=_CHECK_TARGET),
-    "CORAL-target3-reg0-source": CORAL(
-        target=_CHECK_TARGET, reg=0.0, transform_domain="source"
-    ),
+    "CORAL-target3-reg0-source": CORAL(target=_CHECK_TARGET, reg=0.0, transform_domain="source"),
     "SA-target3-d2": SubspaceAlignment(target=_CHECK_TARGET, n_components=2),
-    "SA-target3-source": SubspaceAlignment(
-        target=_CHECK_TARGET, transform_domain="source"
-    ),
+    "SA-target3-source": SubspaceAlignment(target=_CHECK_TARGET, transform_domain="source"),
     "CORAL-self": SelfTargetingCORAL(),
     "CORAL-self-source": SelfTargetingCORAL(transform_domain="source"),
     "SA-self": SelfTargetingSubspaceAlignment(),
-    "SA-self-d1-source": SelfTargetingSubspaceAlignment(
-        n_components=1, transform_domain="source"
-    ),
+    "SA-self-d1-source": SelfTargetingSubspaceAlignment(n_components=1, transform_domain="source"),
 }
 
 

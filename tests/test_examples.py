@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
 from conftest import packaged_minilm_available
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -19,8 +17,9 @@ def test_quickstart_notebook_executes(monkeypatch, tmp_path):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SKDEEP_NOTEBOOK_N", "60")
     nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+    ).execute()
     text = "\n".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
     )

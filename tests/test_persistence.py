@@ -8,12 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import build_tiny_text_model, run_fresh_process
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from conftest import build_tiny_text_model, run_fresh_process
 from skdeep.persistence import (
     PickleNotAllowedError,
     UntrustedTypesError,
@@ -96,7 +96,8 @@ def test_skops_bundle_loads_in_fresh_process_without_the_model(own_model, tmp_pa
         import numpy as np
         from skdeep.persistence import load
         pipe = load({str(path)!r})
-        np.testing.assert_allclose(pipe.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
+        np.testing.assert_allclose(pipe.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}),
+                                   atol=1e-6)
         print(pipe[0]._source().origin)
         """,
         tmp_path,
@@ -228,7 +229,9 @@ def _toolbox_estimator(name, model_path):
         )
     if name == "ZeroShotClassifier":
         zero_shot = pytest.importorskip("skdeep.zero_shot")
-        return zero_shot.ZeroShotClassifier(TextEncoder(model_path, cache=None), labels={1: "a good film", 0: "a bad film"})
+        return zero_shot.ZeroShotClassifier(
+            TextEncoder(model_path, cache=None), labels={1: "a good film", 0: "a bad film"}
+        )
     finetune = pytest.importorskip("skdeep.finetune")
     return finetune.FineTunedTextClassifier(model_path, max_steps=2, random_state=0, cache=None, early_stopping=False)
 

@@ -68,8 +68,14 @@ def _craft(src: Path, dst: Path, mutate) -> Path:
 
 
 def _json_str(value: str, node_id: int) -> dict:
-    return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
-            "content": json.dumps(value), "is_json": True, "__id__": node_id}
+    return {
+        "__class__": "str",
+        "__module__": "builtins",
+        "__loader__": "JsonNode",
+        "content": json.dumps(value),
+        "is_json": True,
+        "__id__": node_id,
+    }
 
 
 @pytest.fixture
@@ -83,8 +89,11 @@ def bundled_skops(own_model, tmp_path):
 
 @pytest.mark.parametrize("fingerprint", ["../../../../evil", "/tmp/evil-abs", "..", "f" * 31 + "/"])
 def test_bundle_fingerprint_that_is_a_path_writes_nothing_outside_home(bundled_skops, tmp_path, fingerprint):
-    crafted = _craft(bundled_skops, tmp_path / "crafted.skops",
-                     lambda b: b.__setitem__("fingerprint", _json_str(fingerprint, 987654321)))
+    crafted = _craft(
+        bundled_skops,
+        tmp_path / "crafted.skops",
+        lambda b: b.__setitem__("fingerprint", _json_str(fingerprint, 987654321)),
+    )
     home = Path(os.environ["SKDEEP_HOME"])
     before = _files_under(tmp_path)
     with pytest.raises(ValueError, match="not a model fingerprint"):
@@ -115,8 +124,13 @@ def test_bundle_entry_that_leaves_its_folder_is_refused(bundled_skops, tmp_path,
 def test_bundle_whose_modules_json_names_other_code_is_refused(bundled_skops, tmp_path):
     def point_modules_at_os(bundle):
         files = bundle["files"]["content"]
-        files["modules.json"] = {"__class__": "bytes", "__module__": "builtins", "__loader__": "BytesNode",
-                                 "file": "evil-modules.bin", "__id__": 123456789}
+        files["modules.json"] = {
+            "__class__": "bytes",
+            "__module__": "builtins",
+            "__loader__": "BytesNode",
+            "file": "evil-modules.bin",
+            "__id__": 123456789,
+        }
 
     crafted = _craft(bundled_skops, tmp_path / "crafted.skops", point_modules_at_os)
     with zipfile.ZipFile(crafted, "a") as zf:
@@ -127,8 +141,11 @@ def test_bundle_whose_modules_json_names_other_code_is_refused(bundled_skops, tm
 
 def test_tampered_bundle_is_verified_before_it_is_installed(bundled_skops, tmp_path):
     """Right fingerprint format, wrong content: nothing is moved into the bundles folder."""
-    crafted = _craft(bundled_skops, tmp_path / "crafted.skops",
-                     lambda b: b.__setitem__("fingerprint", _json_str("0" * 32, 987654322)))
+    crafted = _craft(
+        bundled_skops,
+        tmp_path / "crafted.skops",
+        lambda b: b.__setitem__("fingerprint", _json_str("0" * 32, 987654322)),
+    )
     with pytest.raises(FingerprintMismatchError, match="Nothing was installed"):
         load(crafted)
     bundles = Path(os.environ["SKDEEP_HOME"]) / "bundles"

@@ -9,10 +9,10 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+from conftest import build_tiny_text_model, run_fresh_process
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from conftest import build_tiny_text_model, run_fresh_process
 from skdeep import FingerprintMismatchError, ModelNotFoundError, TextEncoder
 
 TEXTS = ["good film", "bad film", "a good movie", "the bad movie", "good", "bad"] * 3
@@ -36,7 +36,8 @@ def test_pickle_is_small_and_loads_in_fresh_process_with_identical_predictions(o
         import joblib, numpy as np
         pipe = joblib.load({str(path)!r})
         got = pipe.predict_proba({TEXTS!r})
-        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
+        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}),
+                                   atol=1e-6)
         print("same", pipe[0].model_fingerprint_)
         """,
         tmp_path,
@@ -79,10 +80,12 @@ def test_bundled_weights_load_without_the_original_model(own_model, tmp_path):
         import joblib, numpy as np
         from sklearn.base import clone
         pipe = joblib.load({str(path)!r})
-        np.testing.assert_allclose(pipe.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
+        np.testing.assert_allclose(pipe.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}),
+                                   atol=1e-6)
         # Clones (GridSearchCV) of a loaded bundled pipeline find the unpacked model too.
         refit = clone(pipe).fit({TEXTS!r}, {LABELS!r})
-        np.testing.assert_allclose(refit.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
+        np.testing.assert_allclose(refit.predict_proba({TEXTS!r}), np.load({str(tmp_path / "expected.npy")!r}),
+                                   atol=1e-6)
         """,
         tmp_path,
     )
@@ -108,7 +111,8 @@ def test_pipeline_saved_with_cuda_predicts_on_cpu(own_model, tmp_path):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             got = pipe.predict_proba({TEXTS!r})
-        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}), atol=1e-6)
+        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}),
+                                   atol=1e-6)
         print(any("CUDA is not available" in str(w.message) for w in seen))
         """,
         tmp_path,

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import packaged_minilm_available
+
 from skdeep import ModelNotFoundError, TextEncoder
 from skdeep.sources import fingerprint_path, resolve_text_model
 

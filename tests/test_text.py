@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import INPUT_AGNOSTIC_CHECKS
 from sentence_transformers import SentenceTransformer
 from sklearn.base import clone
 
-from conftest import INPUT_AGNOSTIC_CHECKS
 from skdeep import TextEncoder
 from skdeep import backends as backend_registry
 from skdeep.sources import ModelNotFoundError
@@ -113,8 +113,11 @@ def test_bad_input_names_the_first_bad_item(tiny_text_model, bad, error, message
 @pytest.mark.parametrize(
     "bad, error, message",
     [
-        (["ok", "fine", "good", "abc\ud800"], ValueError,
-         r"position 3 contains a lone surrogate \('\\ud800' at character 3\)"),
+        (
+            ["ok", "fine", "good", "abc\ud800"],
+            ValueError,
+            r"position 3 contains a lone surrogate \('\\ud800' at character 3\)",
+        ),
         (["ok", "caf\udce9 au lait"], ValueError, "position 1 contains a lone surrogate"),  # surrogateescape'd byte
         ({"a", "b"}, TypeError, r"got set \(unordered: row order would be arbitrary\); pass a list"),
         (frozenset({"a"}), TypeError, r"got frozenset \(unordered"),

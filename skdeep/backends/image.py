@@ -45,8 +45,10 @@ def _load_state_dict(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     # Training checkpoints often nest the weights.
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict) and not any(
-            isinstance(v, torch.Tensor) for v in state.values()
+        if (
+            isinstance(state, dict)
+            and isinstance(state.get(key), dict)
+            and not any(isinstance(v, torch.Tensor) for v in state.values())
         ):
             state = state[key]
             break
@@ -337,8 +339,9 @@ class ImageBackend:
     #: Errors of one image that make that image fail alone (the engine reports it by position).
     item_errors = (UnreadableImageError,)
 
-    def __init__(self, source: ModelSource, device: torch.device, precision: str, layers=None, pooling="avg",
-                 image_size=None):
+    def __init__(
+        self, source: ModelSource, device: torch.device, precision: str, layers=None, pooling="avg", image_size=None
+    ):
         self.source = source
         self.device = device
         self.precision = precision

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quiet_loading
 from .._config import skdeep_home
 from ..sources import ModelSource
+from . import quiet_loading
 
 MODEL_FILE = "model.onnx"
 META_FILE = "skdeep-onnx.json"
@@ -299,12 +299,13 @@ class OnnxTextBackend:
                 raise ValueError(f"pooling={pooling!r} was given but the model {source.name!r} has no pooling module.")
             raise ValueError(f"backend='onnx' needs a model with a Pooling module; {source.name!r} has none.")
 
-        input_names = _input_names(transformer)
-        self.path, self.exported = ensure_onnx_model(source, self.quantize, lambda: (transformer, input_names))
+        to_export = (transformer, _input_names(transformer))
+        self.path, self.exported = ensure_onnx_model(source, self.quantize, lambda: to_export)
         self.tokenizer = transformer.tokenizer
         self.max_length = int(max_length) if max_length is not None else int(transformer.max_seq_length)
         # The exported graph is all we need from here on: drop the torch weights.
         del st_model, transformer, modules
+        to_export = None  # noqa: F841 - drops the last reference to the torch module
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

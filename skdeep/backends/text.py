@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import quiet_loading
 from ..devices import autocast
 from ..sources import ModelSource
+from . import quiet_loading
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 

@@ -27,17 +27,16 @@ from sklearn.base import (
     ClassifierMixin,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
-    _fit_context,
     clone,
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from .._sklearn import HasMethods, Interval, StrOptions, _fit_context
 from ..backends import quiet_loading
 from ..devices import resolve_device
 from ..sources import ModelSource, fingerprint_path, register_model, resolve_text_model
@@ -53,7 +52,9 @@ def _encoder_layers(auto_model):
 
     lists = [m for m in auto_model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
-        raise ValueError(f"Cannot find the layers of {type(auto_model).__name__} to unfreeze; use unfreeze_layers=None.")
+        raise ValueError(
+            f"Cannot find the layers of {type(auto_model).__name__} to unfreeze; use unfreeze_layers=None."
+        )
     return max(lists, key=len)
 
 
@@ -74,7 +75,8 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Training objective. ``"cosine"``: SetFit's pairs, squared error between the cosine
         similarity and 1 (same class) or 0. ``"pairwise"``: the same squared error over every pair
         within a batch of ``batch_size`` texts (each forward pass serves ``batch_size**2 / 2`` pairs
-        instead of ``batch_size / 2``: much cheaper per pair on a CPU). ``"triplet"``: batch-all triplet loss on batches of
+        instead of ``batch_size / 2``: much cheaper per pair on a CPU). ``"triplet"``: batch-all triplet loss on
+        batches of
         labelled texts. ``"softmax"``: cross-entropy of a linear layer on the embedding (classic
         fine-tuning; the layer is discarded, ``head`` is fitted afterwards).
 

@@ -100,9 +100,13 @@ def _regular_file_size(path: Path) -> int:
     except OSError as exc:
         raise UnsafeModelFileError(f"Cannot read model file {str(path)!r}: {exc.strerror or exc}.") from exc
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(
-            st.st_mode
-        ) else "not a regular file"
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "not a regular file"
+        )
         raise UnsafeModelFileError(f"Refusing to read {str(path)!r} as a model file: it is {kind}.")
     if st.st_size > MAX_MODEL_FILE_BYTES:
         raise UnsafeModelFileError(

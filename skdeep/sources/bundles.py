@@ -224,7 +224,9 @@ def register_model(folder, identity: tuple, *, name: str, origin: str = "registe
     """
     folder = Path(folder)
     fingerprint = fingerprint_path(folder)
-    files = {rel: path.read_bytes() for rel, path in ModelSource(name, origin, str(folder), fingerprint).files().items()}
+    files = {
+        rel: path.read_bytes() for rel, path in ModelSource(name, origin, str(folder), fingerprint).files().items()
+    }
     root = _install(files, fingerprint, False)
     source = ModelSource(name, origin, str(root), fingerprint)
     with _registered_lock:

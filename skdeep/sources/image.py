@@ -112,8 +112,10 @@ class Preprocessing:
             return tuple(v)
 
         def floats(v):
-            ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+            ok = (
+                isinstance(v, (list, tuple))
+                and len(v) == 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
             )
             if not ok:
                 raise ValueError(f"Bad mean/std {v!r} in a preprocessing description.")
@@ -446,7 +448,9 @@ def resolve_image_model(model, weights="DEFAULT", random_state=0) -> ModelSource
     if weights is None:
         seed = int(random_state)
         fingerprint = fingerprint_text("random-init", library, arch, seed, _library_version(library))
-        return ModelSource(name, "random-init", None, fingerprint, spec(None, None, preprocess_for(default_meta), seed=seed))
+        return ModelSource(
+            name, "random-init", None, fingerprint, spec(None, None, preprocess_for(default_meta), seed=seed)
+        )
 
     if _is_checkpoint_path(weights):
         path = Path(weights).expanduser()
@@ -477,8 +481,8 @@ def resolve_image_model(model, weights="DEFAULT", random_state=0) -> ModelSource
         wanted = str(member)
         described = spec(wanted, "named", preprocess_for(member))
         how = (
-            f" To get the file, run `python -c \"import torchvision; torchvision.models.get_model({arch!r}, "
-            f"weights={wanted!r})\"` on a machine with internet access and copy {os.path.basename(member.url)!r} "
+            f' To get the file, run `python -c "import torchvision; torchvision.models.get_model({arch!r}, '
+            f'weights={wanted!r})"` on a machine with internet access and copy {os.path.basename(member.url)!r} '
             "into that folder, or pass its path as weights=..."
         )
     else:
@@ -490,7 +494,7 @@ def resolve_image_model(model, weights="DEFAULT", random_state=0) -> ModelSource
         wanted = f"{arch}.{cfg.tag}" if cfg is not None and cfg.tag else arch
         described = spec(wanted, "named", preprocess_for(cfg), cfg=wanted)
         how = (
-            f" To get the weights, run `python -c \"import timm; timm.create_model({wanted!r}, pretrained=True)\"` "
+            f' To get the weights, run `python -c "import timm; timm.create_model({wanted!r}, pretrained=True)"` '
             "on a machine with internet access and copy its Hugging Face cache folder here, or pass the "
             "checkpoint's path as weights=..."
         )

@@ -13,6 +13,7 @@ identify an input's content, the settings that change the output, and how to emb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,8 +25,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from . import backends
 from ._config import ENCODE_LOG_ENV, encode_log_path
-from .cache import resolve_cache
-from .claims import claims_for, fetch_claimed_elsewhere
+from .cache import claims_for, fetch_claimed_elsewhere, resolve_cache
 from .devices import resolve_device
 from .persistence import bundle_state, bundled_source, restore_bundle, verify_on_load
 from .sources import FingerprintMismatchError, ModelSource
@@ -93,21 +93,19 @@ def encode_with_cache(
     todo = dict(miss_positions)
     while todo:
         # With a disk cache shared by processes, compute only what no other live process is
-        # computing, then wait for the rest (see skdeep.claims).
+        # computing, then wait for the rest (see skdeep.cache._claims).
         ours, theirs = claims.claim(list(todo)) if claims is not None else (list(todo), [])
         if ours:
-            try:
+            with claims.holding(ours) if claims is not None else contextlib.nullcontext():
                 computed.update(_compute(ours, [items[todo[k]] for k in ours], cache, encode_misses))
-            finally:
-                if claims is not None:
-                    claims.release(ours)
             for key in ours:
                 del todo[key]
         if theirs:
-            fetched, abandoned = fetch_claimed_elsewhere(cache, claims, theirs, timeout=claims.ttl)
-            # Abandoned claims (owner died, failed or timed out): compute those here, unclaimed.
-            if abandoned:
-                fetched.update(_compute(abandoned, [items[todo[k]] for k in abandoned], cache, encode_misses))
+            fetched, give_up = fetch_claimed_elsewhere(cache, claims, theirs)
+            # Abandoned claims (owner failed, died or stopped renewing), now ours: compute them here.
+            if give_up:
+                with claims.holding(give_up):
+                    fetched.update(_compute(give_up, [items[todo[k]] for k in give_up], cache, encode_misses))
             computed.update(fetched)
             for key in fetched:
                 del todo[key]

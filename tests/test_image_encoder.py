@@ -405,7 +405,7 @@ def test_warnings_do_not_leak_from_clean_runs(images):
 
 
 def test_disk_cache_is_shared_and_keeps_compute_claims(tmp_path, files, broken):
-    from skdeep.claims import claims_for
+    from skdeep.cache import claims_for
     from skdeep.image import _FailuresNotCached
 
     cache_dir = tmp_path / "cache"

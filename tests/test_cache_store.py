@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cache_fixtures import _assert_correct_or_missing, _cache_warnings, _db, _key, _rows, _vector, clock  # noqa: F401
 
-from skdeep.cache import DB_FILENAME, CacheWarning, EmbeddingCache, _sqlite, _store
+from skdeep.cache import DB_FILENAME, CacheWarning, EmbeddingCache, _connection, _sqlite, _store
 
 
 # ---------------------------------------------------------------------- disk layer
@@ -261,7 +261,7 @@ def test_damaged_database_file_never_yields_wrong_vectors_and_recovers(tmp_path,
 
 
 def test_busy_database_gives_up_after_the_timeout_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(_store, "_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_connection, "_BUSY_TIMEOUT_S", 0.2)
     cache = EmbeddingCache(tmp_path)
     cache.put_many(*_rows([1], 8))
     with _db(tmp_path) as blocker:

@@ -241,7 +241,9 @@ def claims_for(cache) -> ComputeClaims | None:
     return get() if get is not None else None
 
 
-def fetch_claimed_elsewhere(cache, claims: ComputeClaims | None, keys: Sequence[bytes], *, timeout: float | None = None):
+def fetch_claimed_elsewhere(
+    cache, claims: ComputeClaims | None, keys: Sequence[bytes], *, timeout: float | None = None
+):
     """Wait for vectors that other owners are computing.
 
     Polls the cache (at once, then at growing intervals up to 0.5 s) until every key is found or

@@ -371,7 +371,8 @@ class EmbeddingCache:
     def _check_params(self):
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.storage_dtype!r}")
-        for name, value, minimum in (("memory_bytes", self.memory_bytes, 0), ("max_disk_bytes", self.max_disk_bytes, 1)):
+        limits = (("memory_bytes", self.memory_bytes, 0), ("max_disk_bytes", self.max_disk_bytes, 1))
+        for name, value, minimum in limits:
             if value is None and name == "max_disk_bytes":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -66,8 +66,12 @@ def _compute_once(cache, keys, model):
 # ---------------------------------------------------------------------- the protocol in one process
 
 
-def test_claims_need_a_disk_layer():
+def test_claims_need_a_disk_layer_and_bytes_keys(tmp_path):
     assert claims_for(None) is None and claims_for(EmbeddingCache()) is None
+    claims = claims_for(EmbeddingCache(tmp_path))
+    with pytest.raises(TypeError, match="key 1 is str: 'b'"):
+        claims.claim([b"a", "b"])
+    assert claims.claim([bytearray(b"a"), b"a"]) == ([b"a"], [])  # bytes-like, duplicates once
 
 
 def test_overlapping_claims_of_concurrent_owners_are_disjoint(tmp_path):

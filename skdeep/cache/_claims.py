@@ -38,7 +38,7 @@ import uuid
 import warnings
 from typing import Sequence
 
-from ._sqlite import CacheWarning
+from ._sqlite import CacheWarning, _as_keys
 
 #: Seconds a claim lasts unless its owner renews it (every ``LEASE_S / 3`` while it computes).
 LEASE_S = 10.0
@@ -119,7 +119,7 @@ class ComputeClaims:
         Without a usable database (no disk layer, disk writes disabled, a fault) every key is
         ``ours``: the caller computes everything, as it would without claims.
         """
-        keys = list(dict.fromkeys(keys))
+        keys = list(dict.fromkeys(_as_keys(keys)))
         store = self._store()
         if not keys or store is None:
             return keys, []
@@ -141,7 +141,7 @@ class ComputeClaims:
         claims are released when it ends, normally or by an exception (others then compute the
         keys whose vectors were not written). Keys not claimed by the caller are left alone.
         """
-        keys = list(keys)
+        keys = _as_keys(keys)
         owner = self._owner()
         ticket = object()
         if keys:
@@ -156,7 +156,7 @@ class ComputeClaims:
 
     def release(self, keys: Sequence[bytes]) -> None:
         """Give up the calling thread's claims on ``keys`` (after writing their vectors, or on failure)."""
-        self._release(list(keys), self._owner())
+        self._release(_as_keys(keys), self._owner())
 
     def abandoned(self, keys: Sequence[bytes]) -> list[bytes]:
         """Of ``keys``, those nobody is computing any more.
@@ -165,7 +165,7 @@ class ComputeClaims:
         that is a dead process on this host, or the caller's own claim (never wait for oneself).
         All of ``keys`` when the database is unusable.
         """
-        keys = list(keys)
+        keys = _as_keys(keys)
         store = self._store()
         rows = store.claim_rows(keys) if store is not None and keys else None
         if rows is None:
@@ -206,23 +206,28 @@ class ComputeClaims:
                 self._renewer.start()
 
     def _renew_loop(self):
-        while True:
-            interval = self.lease / 3
-            time.sleep(interval)
+        try:
+            while True:
+                interval = self.lease / 3
+                time.sleep(interval)
+                with self._held_lock:
+                    if not self._held:
+                        self._renewer = None  # decided under the lock: a later `holding` starts a new thread
+                        return
+                    by_owner: dict[str, list[bytes]] = {}
+                    for owner, keys in self._held.values():
+                        by_owner.setdefault(owner, []).extend(keys)
+                store = self._store()
+                if store is None:
+                    continue
+                for owner, keys in by_owner.items():
+                    # A renewal stuck behind another writer for longer than the interval is skipped:
+                    # the next one, a third of a lease later, tries again.
+                    store.renew(keys, owner=owner, expires=time.time() + self.lease, busy_timeout=interval)
+        finally:  # also after an unexpected error, so that renewing can start again
             with self._held_lock:
-                if not self._held:
-                    self._renewer = None  # a later `holding` starts a new thread
-                    return
-                by_owner: dict[str, list[bytes]] = {}
-                for owner, keys in self._held.values():
-                    by_owner.setdefault(owner, []).extend(keys)
-            store = self._store()
-            if store is None:
-                continue
-            for owner, keys in by_owner.items():
-                # A renewal stuck behind another writer for longer than the interval is skipped:
-                # the next one, a third of a lease later, tries again.
-                store.renew(keys, owner=owner, expires=time.time() + self.lease, busy_timeout=interval)
+                if self._renewer is threading.current_thread():
+                    self._renewer = None
 
 
 def claims_for(cache) -> ComputeClaims | None:

@@ -207,13 +207,15 @@ class EmbeddingCache:
         self.storage_dtype = storage_dtype
         # Private run-time state: cheap objects only, no file is touched here.
         self._token = uuid.uuid4().hex
-        self._stats_lock = threading.Lock()
         self._memory = MemoryLayer(memory_bytes)
         self._init_process_state()
         self.reset_stats()
 
     def _init_process_state(self):
         self._pid = os.getpid()
+        # New locks after fork: another thread of the parent may have held the old ones.
+        self._memory.lock = threading.RLock()
+        self._stats_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._store = None  # DiskStore, made on first use
         self._claims = None  # ComputeClaims, made on first use

@@ -105,6 +105,24 @@ def test_overlapping_claims_of_concurrent_owners_are_disjoint(tmp_path):
     assert set(claimed) == {k for keys, _ in results.values() for k in keys}
 
 
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="needs Python >= 3.11")
+def test_large_claims_span_statements_and_transactions(tmp_path, monkeypatch):
+    real_connect = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 37)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    first, second = claims_for(EmbeddingCache(tmp_path)), claims_for(EmbeddingCache(tmp_path))
+    assert first.claim(_keys(range(12_000))) == (_keys(range(12_000)), [])
+    assert second.claim(_keys(range(6_000, 18_000))) == (_keys(range(12_000, 18_000)), _keys(range(6_000, 12_000)))
+    with first.holding(_keys(range(12_000))):
+        assert second.abandoned(_keys(range(11_990, 12_010))) == _keys(range(12_000, 12_010))  # its own
+    assert second.claim(_keys(range(12_000))) == (_keys(range(12_000)), [])
+
+
 def test_holding_releases_on_success_and_on_failure(tmp_path):
     owner, other = claims_for(EmbeddingCache(tmp_path)), claims_for(EmbeddingCache(tmp_path))
     keys = _keys(range(10))

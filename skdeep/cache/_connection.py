@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS claims (
     host    TEXT    NOT NULL,
     pid     INTEGER NOT NULL,
     expires REAL    NOT NULL
-) WITHOUT ROWID
+)
 """
 # Connections inherited through fork: closing them in the child could disturb the parent's
 # database state, and letting them be garbage-collected closes them, so they are parked here.

@@ -28,6 +28,9 @@ _TOUCH_INTERVAL_S = 3600
 _EVICT_LOW_WATER = 0.9
 # ``data`` is the last column so that the columns before it never need the blob's overflow pages.
 _INSERT = "INSERT OR REPLACE INTO vectors (key, dtype, dim, crc, atime, data) VALUES (?, ?, ?, ?, ?, ?)"
+# Claims are written in transactions of this many keys: few commits (each costs as much as
+# ~1,000 rows), and the write lock is never held for long (~50 ms).
+_CLAIMS_PER_TRANSACTION = 5000
 
 
 class DiskStore(StoreConnection):
@@ -215,10 +218,10 @@ class DiskStore(StoreConnection):
     def claim(self, keys, *, owner, host, pid, expires, abandoned):
         """Claim ``keys`` for ``owner`` until ``expires``; return (ours, theirs), or None.
 
-        In one transaction per chunk: keys that already have a vector go to ``theirs`` (someone
-        computed them: read them), unclaimed keys are inserted as ours, and claims for which
-        ``abandoned(owner, host, pid, expires)`` is true are taken over. None means claims are
-        unavailable (no disk layer, disk writes disabled, or a fault): compute everything.
+        Keys that already have a vector go to ``theirs`` (someone computed them: read them),
+        unclaimed keys become ours, and claims for which ``abandoned(owner, host, pid, expires)``
+        is true are taken over. None means claims are unavailable (no disk layer, disk writes
+        disabled, or a fault): compute everything.
         """
         with self.lock:
             for _ in range(2):  # a second try only after moving a corrupt file aside
@@ -227,36 +230,45 @@ class DiskStore(StoreConnection):
                     return None
                 ours, theirs = [], []
                 try:
-                    for part in self._parts(keys):
-                        marks = ",".join("?" * len(part))
+                    for batch in _batches(keys, _CLAIMS_PER_TRANSACTION):
                         with _transaction(conn):
-                            rows = conn.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", part)
-                            done = {row[0] for row in rows}
-                            todo = [k for k in part if k not in done]
-                            theirs += [k for k in part if k in done]
-                            if not todo:
-                                continue
-                            conn.executemany(
-                                "INSERT OR IGNORE INTO claims (key, owner, host, pid, expires) VALUES (?, ?, ?, ?, ?)",
-                                zip(todo, repeat(owner), repeat(host), repeat(pid), repeat(expires)),
-                            )
-                            marks = ",".join("?" * len(todo))
-                            rows = conn.execute(
-                                f"SELECT key, owner, host, pid, expires FROM claims WHERE key IN ({marks})", todo
-                            ).fetchall()
-                            mine = {r[0] for r in rows if r[1] == owner or abandoned(*r[1:])}
-                            # Ours now, whether new, taken over or already ours (a fresh lease).
-                            conn.executemany(
-                                "UPDATE claims SET owner = ?, host = ?, pid = ?, expires = ? WHERE key = ?",
-                                ((owner, host, pid, expires, k) for k in mine),
-                            )
-                        ours += [k for k in todo if k in mine]
-                        theirs += [k for k in todo if k not in mine]
+                            for part in self._parts(batch):
+                                mine = self._claim_part(conn, part, owner, host, pid, expires, abandoned)
+                                ours += [k for k in part if k in mine]
+                                theirs += [k for k in part if k not in mine]
                     return ours, theirs
                 except sqlite3.Error as exc:
                     if not self._handle_db_error(exc, "claiming keys in"):
                         return None
             return None
+
+    def _claim_part(self, conn, part, owner, host, pid, expires, abandoned):
+        """Claim one chunk of keys inside the caller's transaction; return the set now ours."""
+        marks = ",".join("?" * len(part))
+        done = {row[0] for row in conn.execute(f"SELECT key FROM vectors WHERE key IN ({marks})", part)}
+        todo = [k for k in part if k not in done]
+        if not todo:
+            return set()
+        conn.executemany(
+            "INSERT OR IGNORE INTO claims (key, owner, host, pid, expires) VALUES (?, ?, ?, ?, ?)",
+            zip(todo, repeat(owner), repeat(host), repeat(pid), repeat(expires)),
+        )
+        marks = ",".join("?" * len(todo))
+        rows = conn.execute(f"SELECT key, owner, host, pid, expires FROM claims WHERE key IN ({marks})", todo)
+        mine, update = set(), []
+        for key, *claim in rows:
+            if claim[0] == owner:
+                mine.add(key)
+                if claim[3] != expires:  # an older claim of ours (rows inserted above have this lease)
+                    update.append(key)
+            elif abandoned(*claim):
+                mine.add(key)
+                update.append(key)
+        conn.executemany(
+            "UPDATE claims SET owner = ?, host = ?, pid = ?, expires = ? WHERE key = ?",
+            zip(repeat(owner), repeat(host), repeat(pid), repeat(expires), update),
+        )
+        return mine
 
     def renew(self, keys, *, owner, expires, busy_timeout):
         """Extend ``owner``'s leases on ``keys`` (claims taken over by others stay theirs).
@@ -269,13 +281,9 @@ class DiskStore(StoreConnection):
                 return
             try:
                 with _short_busy_timeout(conn, self, busy_timeout):
-                    for part in self._parts(keys):
-                        marks = ",".join("?" * len(part))
-                        with _transaction(conn):
-                            conn.execute(
-                                f"UPDATE claims SET expires = ? WHERE owner = ? AND key IN ({marks})",
-                                [expires, owner, *part],
-                            )
+                    self._claims_statement(
+                        conn, keys, "UPDATE claims SET expires = ? WHERE owner = ? AND key IN ({})", [expires, owner]
+                    )
             except sqlite3.Error as exc:
                 if _fault_kind(exc) != "busy":
                     self._handle_db_error(exc, "renewing claims in")
@@ -287,12 +295,16 @@ class DiskStore(StoreConnection):
             if conn is None or not self.writable:
                 return
             try:
-                for part in self._parts(keys):
-                    marks = ",".join("?" * len(part))
-                    with _transaction(conn):
-                        conn.execute(f"DELETE FROM claims WHERE owner = ? AND key IN ({marks})", [owner, *part])
+                self._claims_statement(conn, keys, "DELETE FROM claims WHERE owner = ? AND key IN ({})", [owner])
             except sqlite3.Error as exc:
                 self._handle_db_error(exc, "releasing claims in")
+
+    def _claims_statement(self, conn, keys, sql, params):
+        """Run ``sql`` (with ``{}`` for the key placeholders) over ``keys``, in a few transactions."""
+        for batch in _batches(keys, _CLAIMS_PER_TRANSACTION):
+            with _transaction(conn):
+                for part in self._parts(batch):
+                    conn.execute(sql.format(",".join("?" * len(part))), [*params, *part])
 
     def claim_rows(self, keys):
         """{key: (owner, host, pid, expires)} of the claims on ``keys``, or None when unavailable."""
@@ -315,6 +327,9 @@ class DiskStore(StoreConnection):
 
     def _parts(self, keys):
         """``keys`` in chunks small enough to bind with a few more parameters in one statement."""
-        size = max(1, min(self._chunk - 2, 500))
-        for start in range(0, len(keys), size):
-            yield list(keys[start : start + size])
+        return _batches(keys, max(1, min(self._chunk - 2, 500)))
+
+
+def _batches(keys, size):
+    for start in range(0, len(keys), size):
+        yield list(keys[start : start + size])

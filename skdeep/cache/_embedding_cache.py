@@ -169,7 +169,8 @@ class EmbeddingCache:
     guarded by a lock, so threads may share a cache. Writers queue on SQLite's lock (busy
     timeout 30 s); readers never wait for them (WAL). Memory-mapped I/O is left off on
     purpose: with it, a file truncated under a running process crashes it with ``SIGBUS``
-    instead of raising an error the cache can recover from.
+    instead of raising an error the cache can recover from. A process frozen inside a write
+    (``SIGSTOP``) keeps the lock until it resumes: other writers give up after 30 s each.
 
     **Compute claims.** Processes sharing a directory embed each missing key once between
     them: before computing its misses, an encoder claims them in a ``claims`` table of the same

@@ -20,6 +20,7 @@ scikit-learn or caching.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from abc import ABCMeta, abstractmethod
@@ -318,26 +319,25 @@ def _compute_misses(miss_positions, items, cache, runner, computed, failed) -> N
     todo = dict(miss_positions)
     while todo:
         # With a disk cache shared by processes, compute only what no other live process is
-        # computing, then wait for the rest (see skdeep.cache).
+        # computing, then wait for the rest (see skdeep.cache). Keys another process stored since
+        # our lookup come back in `theirs` too, and are read rather than computed.
         ours, theirs = claims.claim(list(todo)) if claims is not None else (list(todo), [])
         if ours:
-            if claims is not None:
-                with claims.holding(ours):
-                    _compute(ours, todo, items, cache, runner, computed, failed)
-            else:
+            with claims.holding(ours) if claims is not None else contextlib.nullcontext():
                 _compute(ours, todo, items, cache, runner, computed, failed)
             for key in ours:
                 del todo[key]
         if theirs:
-            fetched, abandoned = fetch_claimed_elsewhere(cache, claims, theirs)
-            # Abandoned claims (owner died, failed or stalled): compute those here, unclaimed.
-            if abandoned:
-                _compute(abandoned, todo, items, cache, runner, computed, failed)
-                fetched.update({key: computed[key] for key in abandoned if key in computed})
-                fetched.update({key: None for key in abandoned if key in failed})
-            computed.update({k: v for k, v in fetched.items() if v is not None})
+            fetched, given_up = fetch_claimed_elsewhere(cache, claims, theirs)
+            computed.update(fetched)
             for key in fetched:
                 del todo[key]
+            # Claims whose owner died, failed or stalled are handed to us, already claimed.
+            if given_up:
+                with claims.holding(given_up):
+                    _compute(given_up, todo, items, cache, runner, computed, failed)
+                for key in given_up:
+                    del todo[key]
 
 
 def _compute(keys, positions, items, cache, runner, computed, failed) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skdeep.cache import DB_FILENAME, CacheWarning
-from skdeep.cache import _embedding_cache
+from skdeep.cache import DB_FILENAME, CacheWarning, _embedding_cache
 
 #: The skdeep package folder, for child processes that load the cache without importing skdeep.
 SKDEEP_DIR = Path(_embedding_cache.__file__).parent.parent
@@ -54,7 +53,6 @@ def clock(monkeypatch):
     now = {"t": 1_000_000}
     monkeypatch.setattr(_embedding_cache, "_now", lambda: now["t"])
     return now
-
 
 
 def _cache_warnings(record):

@@ -19,7 +19,6 @@ from cache_fixtures import SKDEEP_DIR, _assert_correct_or_missing, _key, _rows, 
 
 from skdeep.cache import DB_FILENAME, CacheStats, CacheWarning, EmbeddingCache, _memory, resolve_cache
 
-
 # ---------------------------------------------------------------------- memory layer & API
 
 
@@ -175,9 +174,7 @@ def _start_child(tmp_path, name, **params):
     script.write_text(_CHILD_SOURCE)
     settings = {"SKDEEP_DIR": str(SKDEEP_DIR), "CACHE": None, "ROUNDS": 1, "PROGRESS": None, **params}
     ctx = multiprocessing.get_context("spawn")
-    process = ctx.Process(
-        target=runpy.run_path, args=(str(script),), kwargs={"init_globals": settings}, name=name
-    )
+    process = ctx.Process(target=runpy.run_path, args=(str(script),), kwargs={"init_globals": settings}, name=name)
     process.start()
     return process
 
@@ -189,8 +186,15 @@ def test_concurrent_writer_processes_leave_every_key_readable_and_correct(tmp_pa
     shipped = pickle.dumps(EmbeddingCache(directory, storage_dtype="float32"))
     children = [
         _start_child(
-            tmp_path, f"writer{w}", DIRECTORY=str(directory), START=300 * w, STOP=300 * w + 600,
-            BATCH=25, DIM=dim, ROUNDS=3, CACHE=shipped if w == 0 else None,
+            tmp_path,
+            f"writer{w}",
+            DIRECTORY=str(directory),
+            START=300 * w,
+            STOP=300 * w + 600,
+            BATCH=25,
+            DIM=dim,
+            ROUNDS=3,
+            CACHE=shipped if w == 0 else None,
         )
         for w in range(3)
     ]
@@ -208,7 +212,13 @@ def test_writer_killed_mid_batch_leaves_only_correct_rows_and_a_working_store(tm
     directory, dim = tmp_path / "killed", 128
     progress = tmp_path / "progress"
     child = _start_child(
-        tmp_path, "doomed", DIRECTORY=str(directory), START=0, STOP=10**6, BATCH=2000, DIM=dim,
+        tmp_path,
+        "doomed",
+        DIRECTORY=str(directory),
+        START=0,
+        STOP=10**6,
+        BATCH=2000,
+        DIM=dim,
         PROGRESS=str(progress),
     )
     deadline = time.monotonic() + 60
@@ -258,9 +268,7 @@ def _forked_child(cache):
 
 
 def test_pickles_by_reference_small_and_same_settings(tmp_path):
-    cache = EmbeddingCache(
-        tmp_path / "c", memory_bytes=1 << 20, max_disk_bytes=1 << 30, storage_dtype="float16"
-    )
+    cache = EmbeddingCache(tmp_path / "c", memory_bytes=1 << 20, max_disk_bytes=1 << 30, storage_dtype="float16")
     cache.put_many(*_rows(range(2000), 128))
     blob = pickle.dumps(cache)
     assert len(blob) < 500  # directory and settings, none of the ~1 MB of vectors

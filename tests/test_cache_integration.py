@@ -93,8 +93,13 @@ def test_second_process_with_same_disk_cache_embeds_nothing(tiny_text_model, enc
         out = TextEncoder({tiny_text_model!r}, cache={str(cache_dir)!r}).transform({texts!r})
         np.testing.assert_array_equal(out, np.load({str(tmp_path / "first.npy")!r}))
     """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sum(_encoded_rows(encode_log)) == len(texts)  # nothing new reached a model
 

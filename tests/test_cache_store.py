@@ -14,7 +14,6 @@ from cache_fixtures import _assert_correct_or_missing, _cache_warnings, _db, _ke
 
 from skdeep.cache import DB_FILENAME, CacheWarning, EmbeddingCache, _connection, _sqlite, _store
 
-
 # ---------------------------------------------------------------------- disk layer
 
 
@@ -96,9 +95,7 @@ def test_float16_storage_halves_the_bytes_and_both_layers_agree(tmp_path):
     f16.put_many([b"big"], np.array([[1e6, -2.0]]))
     with _db(tmp_path / "f16") as conn:
         assert conn.execute("SELECT dtype FROM vectors WHERE key = ?", (b"big",)).fetchone()[0] == "<f4"
-    np.testing.assert_array_equal(
-        EmbeddingCache(tmp_path / "f16", memory_bytes=0).get_many([b"big"])[0], [1e6, -2.0]
-    )
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path / "f16", memory_bytes=0).get_many([b"big"])[0], [1e6, -2.0])
 
 
 def test_clear_empties_both_layers_and_keeps_the_file_usable(tmp_path):
@@ -374,4 +371,3 @@ def test_unwritable_store_disables_disk_writes_once_and_keeps_reading(tmp_path, 
     assert [v is None for v in got] == [False, False, False, False, True]  # disk reads + memory
     monkeypatch.undo()
     assert EmbeddingCache(tmp_path).stats.disk_items == 5  # nothing half-written
-

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._sqlite import CacheWarning, _as_keys
 

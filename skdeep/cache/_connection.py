@@ -167,9 +167,10 @@ class StoreConnection:
         statements = []
         if version < _SCHEMA_VERSION:
             statements += _VECTORS_SCHEMA.split(";") + [f"PRAGMA user_version = {_SCHEMA_VERSION}"]
-        if version < _SCHEMA_VERSION or not conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'claims'"
-        ).fetchone():
+        if (
+            version < _SCHEMA_VERSION
+            or not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'claims'").fetchone()
+        ):
             statements.append(_CLAIMS_SCHEMA)  # files written before claims moved in here lack it
         if statements:
             with _transaction(conn):

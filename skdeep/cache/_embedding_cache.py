@@ -9,8 +9,8 @@ import time
 import uuid
 import warnings
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class CacheStats:
             f"writes={self.writes} errors={self.errors}; memory {self.memory_items} items / "
             f"{self.memory_bytes / 2**20:.1f} MiB; {disk}"
         )
+
 
 # Caches alive in this process by token, so that unpickling or deep-copying a cache inside the
 # process that owns it gives back the same object (one shared memory layer), not an empty twin.

@@ -100,7 +100,7 @@ def test_overlapping_claims_of_concurrent_owners_are_disjoint(tmp_path):
         assert sorted(ours + theirs) == sorted(keys)  # every key answered, once
         for key in ours:
             assert claimed.setdefault(key, owner) == owner, "a key was claimed by two owners"
-    for owner, (_keys, (_ours, theirs)) in results.items():
+    for owner, (_owned, (_mine, theirs)) in results.items():
         assert all(claimed[k] != owner for k in theirs)  # theirs: held by another owner
     assert set(claimed) == {k for keys, _ in results.values() for k in keys}
 

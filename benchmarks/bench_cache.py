@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +29,9 @@ from sklearn.model_selection import GridSearchCV  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "examples"))
-from real_data import load_rotten_tomatoes  # noqa: E402
 
 from skdeep import EmbeddingCache, TextEncoder  # noqa: E402
+from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
 from skdeep.engine import content_keys, settings_namespace  # noqa: E402
 from skdeep.sources import resolve_text_model  # noqa: E402
 

@@ -282,8 +282,7 @@ def main():
     parser.add_argument("--partition-size", type=int, default=250)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(HERE.parent / "examples"))
-    from real_data import load_rotten_tomatoes
+    from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes
 
     if args.model == "tiny":
         sys.path.insert(0, str(HERE.parent / "tests"))

@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _data import load_rotten_tomatoes, load_uci_sentiment  # noqa: E402
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from skdeep import TextEncoder  # noqa: E402
+from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
+from skdeep.datasets import fetch_uci_sentiment as load_uci_sentiment  # noqa: E402
 from skdeep.domain import CORAL, SubspaceAlignment  # noqa: E402
 
 TARGETS = ("amazon", "yelp", "imdb")

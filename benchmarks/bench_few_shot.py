@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,17 +28,16 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _data import load_rotten_tomatoes  # noqa: E402
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from skdeep import TextEncoder  # noqa: E402
+from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
 from skdeep.finetune import FineTunedTextClassifier  # noqa: E402
 from skdeep.zero_shot import ZeroShotClassifier  # noqa: E402
 

@@ -105,10 +105,15 @@ def in_process(pipe, texts: list[str], per_call: int, n_texts: int, seconds: flo
     done = 0
     start = time.perf_counter()
     while done < n_texts and time.perf_counter() - start < seconds:
-        done += len(pipe.predict(texts[done:done + per_call]))
+        done += len(pipe.predict(texts[done : done + per_call]))
     wall = time.perf_counter() - start
-    return {"mode": f"in-process predict, {per_call} text(s) per call", "completed": done, "wall_s": wall,
-            "throughput_rps": done / wall, "load_avg_1m": load}
+    return {
+        "mode": f"in-process predict, {per_call} text(s) per call",
+        "completed": done,
+        "wall_s": wall,
+        "throughput_rps": done / wall,
+        "load_avg_1m": load,
+    }
 
 
 def free_port() -> int:
@@ -120,8 +125,18 @@ def free_port() -> int:
 def start_server(model_file: Path, extra: list[str]):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "skdeep.cli", "serve", str(model_file), "--port", str(port),
-           "--log-level", "warning", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "skdeep.cli",
+        "serve",
+        str(model_file),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -234,9 +249,13 @@ def markdown(results: list[dict], references: list[dict], args, n_cpu: int) -> s
             f"| {r['mode']} | {r['completed']} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / ref_base:.1f}x | "
             f"{r['load_avg_1m']:.1f} |"
         )
-    lines += ["", f"Command: `.venv/bin/python benchmarks/bench_serving.py --model {args.model} "
-              f"--requests {args.requests} --seconds {args.seconds:g} --texts {args.texts} --wait-ms {args.wait_ms:g} "
-              f"--repeats {args.repeats}`" + (" (best of the runs per mode; all runs in serving.json)" if args.repeats > 1 else "")]
+    lines += [
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_serving.py --model {args.model} "
+        f"--requests {args.requests} --seconds {args.seconds:g} --texts {args.texts} --wait-ms {args.wait_ms:g} "
+        f"--repeats {args.repeats}`"
+        + (" (best of the runs per mode; all runs in serving.json)" if args.repeats > 1 else ""),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -247,11 +266,13 @@ def plot(results: list[dict], references: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = [r["mode"] for r in results] + [r["mode"].replace("in-process predict, ", "model alone,\n") for r in references]
+    labels = [r["mode"] for r in results] + [
+        r["mode"].replace("in-process predict, ", "model alone,\n") for r in references
+    ]
     values = [r["throughput_rps"] for r in results + references]
     colors = ["#999999", "#3b7dd8"][: len(results)] + ["#dddddd"] * len(references)
     bars = ax1.bar(range(len(values)), values, color=colors, edgecolor="#555555")
-    for bar in bars[len(results):]:
+    for bar in bars[len(results) :]:
         bar.set_hatch("//")
     ax1.set_xticks(range(len(values)), labels, fontsize=8)
     ax1.set_ylabel("texts / s")
@@ -322,17 +343,21 @@ def main() -> None:
             # Modes alternate, so that both see similar load from whatever else runs on the machine.
             for name in args.modes:
                 # Each run gets its own distinct texts: no text is ever sent twice.
-                chunk = texts[slot * per_run:(slot + 1) * per_run]
+                chunk = texts[slot * per_run : (slot + 1) * per_run]
                 slot += 1
                 runs[name].append(run_mode(name, model_file, chunk, args.requests, args.seconds, args.wait_ms))
                 print(json.dumps(runs[name][-1]), file=sys.stderr)
             for per_call in reference:
-                chunk = texts[slot * per_run:(slot + 1) * per_run]
+                chunk = texts[slot * per_run : (slot + 1) * per_run]
                 slot += 1
                 reference[per_call].append(in_process(pipe, chunk, per_call, args.requests, args.seconds))
                 print(json.dumps(reference[per_call][-1]), file=sys.stderr)
-    saved = {"args": {k: v for k, v in vars(args).items() if k != "replot"}, "cpu_count": os.cpu_count(),
-             "server": runs, "in_process": {str(k): v for k, v in reference.items()}}
+    saved = {
+        "args": {k: v for k, v in vars(args).items() if k != "replot"},
+        "cpu_count": os.cpu_count(),
+        "server": runs,
+        "in_process": {str(k): v for k, v in reference.items()},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(saved, indent=2))

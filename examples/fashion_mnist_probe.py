@@ -14,44 +14,25 @@ differ. The (N, 28, 28) uint8 array goes straight into ImageEncoder (a stack of 
 from __future__ import annotations
 
 import argparse
-import gzip
-import struct
 import time
-from pathlib import Path
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from skdeep.datasets import FASHION_MNIST_CLASSES
+from skdeep.datasets import load_fashion_mnist as fetch_fashion
 from skdeep.image import ImageEncoder
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = list(FASHION_MNIST_CLASSES)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (the MNIST format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        zero, dtype_code, ndim = struct.unpack(">HBB", fh.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError(f"{path} is not an idx file of unsigned bytes.")
-        shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
-        return np.frombuffer(fh.read(), dtype=np.uint8).reshape(shape)
-
-
-def load_fashion_mnist(n_train: int, n_test: int, data_dir: Path = DATA_DIR):
+def load_fashion_mnist(n_train: int, n_test: int):
     """First ``n_train`` training and ``n_test`` test images (the files are already shuffled)."""
-    if not data_dir.is_dir():
-        raise SystemExit(
-            f"{data_dir} not found: install Fashion-MNIST with `apt-get install -y dataset-fashion-mnist`."
-        )
-    X_train = read_idx(data_dir / "train-images-idx3-ubyte.gz")[:n_train]
-    y_train = read_idx(data_dir / "train-labels-idx1-ubyte.gz")[:n_train]
-    X_test = read_idx(data_dir / "t10k-images-idx3-ubyte.gz")[:n_test]
-    y_test = read_idx(data_dir / "t10k-labels-idx1-ubyte.gz")[:n_test]
-    return X_train, y_train, X_test, y_test
+    try:
+        return fetch_fashion(n_train, n_test)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def flatten_pixels(X):

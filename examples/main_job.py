@@ -35,10 +35,8 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import load_rotten_tomatoes  # noqa: E402
-
 from skdeep import EmbeddingCache, TextEncoder  # noqa: E402
+from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
 from skdeep.engine import ENCODE_LOG_ENV  # noqa: E402
 
 C_GRID = [0.1, 0.3, 1.0, 3.0]

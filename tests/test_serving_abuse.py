@@ -255,6 +255,28 @@ def test_a_failing_input_is_isolated_once_then_refused_without_a_model_call():
     assert len(model.calls) == n_calls and second["known_bad_items"] == 1
 
 
+def test_a_client_that_sent_a_failing_input_gets_calls_of_its_own():
+    model = FakeModel()
+    with ServerThread(fake_app(model, max_wait_ms=300)) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as attacker:  # one keep-alive connection
+        assert attacker.post("/transform", json={"inputs": ["boom! 1"]}).status_code == 422
+        before = _stats(server.url)
+
+        async def mixed():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as good:
+                others = [good.post("/transform", json={"inputs": [f"good {i}"]}) for i in range(6)]
+                poisoned = asyncio.to_thread(attacker.post, "/transform", json={"inputs": ["boom! 2 (a new one)"]})
+                return await asyncio.gather(poisoned, *others)
+
+        poisoned, *others = asyncio.run(mixed())
+        after = _stats(server.url)
+    assert poisoned.status_code == 422 and all(r.status_code == 200 for r in others)
+    assert after["fallback_batches"] == before["fallback_batches"]  # no batch of others failed
+    assert after["alone_requests"] == before["alone_requests"] + 1
+    assert ["boom! 2 (a new one)"] in model.calls
+    assert not [c for c in model.calls if len(c) > 1 and any("boom!" in t for t in c)]
+
+
 def test_model_failures_are_422_when_input_specific_and_a_short_logged_500_when_the_model_is_broken(caplog):
     model = FakeModel()
     with ServerThread(fake_app(model, max_wait_ms=1)) as server:

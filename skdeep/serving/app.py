@@ -19,6 +19,7 @@ import io
 import ipaddress
 import logging
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -54,6 +55,9 @@ OPERATIONS = ("predict", "predict_proba", "transform")
 INPUT_KINDS = ("text", "image")
 #: Exceptions that say the input is wrong, whatever else the model did (answered 422).
 INPUT_ERRORS = (ValueError, TypeError, LookupError, UnicodeError)
+#: How long a client whose input failed in the model has its requests run in calls of their own.
+SUSPECT_SECONDS = 60.0
+_MAX_SUSPECTS = 10_000
 
 logger = logging.getLogger("skdeep.serving")
 
@@ -116,6 +120,41 @@ def _public_info(info: dict, source_file: Optional[str]) -> dict:
             model = Path(model).name
         encoders.append({**enc, "model": model})
     return {**info, "encoders": encoders, "source_file": None if source_file is None else Path(source_file).name}
+
+
+class _Suspects:
+    """Clients whose input failed in the model lately: their requests run alone, so that a client sending
+    one failing input after another cannot make every batch fail and be split."""
+
+    def __init__(self, seconds: float = SUSPECT_SECONDS, size: int = _MAX_SUSPECTS):
+        import collections
+
+        self.seconds = seconds
+        self.size = size
+        self._until: collections.OrderedDict = collections.OrderedDict()
+
+    @staticmethod
+    def key(scope) -> Optional[str]:
+        # (host, port): a connection; behind a trusted proxy uvicorn reports (client IP, 0): a client.
+        client = scope.get("client")
+        return None if not client else f"{client[0]}:{client[1]}"
+
+    def mark(self, key: Optional[str]) -> None:
+        if key is None:
+            return
+        self._until[key] = time.monotonic() + self.seconds
+        self._until.move_to_end(key)
+        while len(self._until) > self.size:
+            self._until.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._until[key]
+            return False
+        return True
 
 
 def _version() -> str:
@@ -252,6 +291,7 @@ def create_app(
         if run is not None
     }
     info = _public_info({**describe(model), "input_kind": kind}, source_file)
+    suspects = _Suspects()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -364,7 +404,8 @@ def create_app(
         batcher = batchers.get(op)
         if batcher is None:
             raise HTTPException(status_code=404, detail=_missing_op_message(model, op))
-        job = asyncio.ensure_future(batcher.submit(items, costs))
+        client = _Suspects.key(request.scope)
+        job = asyncio.ensure_future(batcher.submit(items, costs, alone=client in suspects))
         gone = asyncio.ensure_future(_wait_for_disconnect(request.receive))
         try:
             done, _ = await asyncio.wait({job, gone}, timeout=limits.timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -391,7 +432,10 @@ def create_app(
             metrics.reject("queue_full")
             raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": str(exc.retry_after)})
         except ItemFailedError as exc:
-            raise model_failure(op, exc, labels) from None
+            error = model_failure(op, exc, labels)
+            if error.status_code == 422:
+                suspects.mark(client)
+            raise error from None
         except RuntimeError as exc:
             if "shutting down" in str(exc):
                 raise HTTPException(status_code=503, detail="The server is shutting down.") from None

@@ -11,6 +11,8 @@ call holds at most ``max_batch_size`` items and ``max_batch_cost`` cost (charact
 pixels for images), so no request can hold the model for long:
 
 * A *small* request (at most half a call's items and a quarter of its cost) joins a call whole.
+* A request submitted with ``alone=True`` (the server's choice for a client whose input failed in
+  the model recently) runs in calls of its own, so it cannot make other requests' calls fail.
 * A *large* request is cut into slices that take turns with the other large requests. While
   small requests are arriving, large work gets ``large_share`` of the model's time (a debt in
   seconds is repaid by small calls) and its slices are sized to last about as long as a small
@@ -85,6 +87,7 @@ class BatchStats:
     fallback_batches: int = 0  # calls that failed and were split to find the failing input
     largest_batch: int = 0
     large_requests: int = 0  # requests served in slices
+    alone_requests: int = 0  # requests run in calls of their own
     failed_items: int = 0
     known_bad_items: int = 0  # refused without a model call: the same input failed before
     cancelled_requests: int = 0
@@ -93,10 +96,13 @@ class BatchStats:
 
 
 class _Request:
-    __slots__ = ("items", "costs", "future", "next", "rows", "remaining", "large", "done", "template", "arrived")
+    __slots__ = (
+        "items", "costs", "future", "next", "rows", "remaining", "large", "done", "template", "arrived", "alone"
+    )
 
-    def __init__(self, items: list, costs: list, future: asyncio.Future, large: bool, arrived: float):
+    def __init__(self, items: list, costs: list, future: asyncio.Future, large: bool, arrived: float, alone: bool):
         self.items = items
+        self.alone = alone
         self.arrived = arrived
         self.costs = costs
         self.future = future
@@ -230,7 +236,7 @@ class MicroBatcher:
         self._small.clear()
         self._large.clear()
 
-    async def submit(self, items: list, costs: Optional[list] = None):
+    async def submit(self, items: list, costs: Optional[list] = None, *, alone: bool = False):
         """Queue ``items`` (already validated) and wait for their rows.
 
         Parameters
@@ -238,6 +244,8 @@ class MicroBatcher:
         items : list
         costs : list of float, default=None
             Cost of each item (characters, pixels); None: 1 each.
+        alone : bool, default=False
+            Run this request's items in calls of their own, never with other requests'.
 
         Returns
         -------
@@ -264,8 +272,9 @@ class MicroBatcher:
             self.stats.rejected_requests += 1
             raise QueueFullError(self._waiting, self.max_queue, self.retry_after())
         loop = asyncio.get_running_loop()
-        req = _Request(items, costs, loop.create_future(), large=self._is_large(costs), arrived=loop.time())
+        req = _Request(items, costs, loop.create_future(), self._is_large(costs), loop.time(), bool(alone))
         self.stats.requests += 1
+        self.stats.alone_requests += req.alone
         self.stats.items += len(items)
         self._waiting += len(items)
         if req.large:
@@ -363,9 +372,13 @@ class MicroBatcher:
     def _take_small(self) -> list:
         picks: list = []
         costs: list = []
+        passed: list = []  # requests that run alone, left at the front for the next call
         while self._small:
             req = self._small[0]
             n = len(req.items)
+            if req.alone and picks:
+                passed.append(self._small.popleft())
+                continue
             if picks and (len(picks) + n > self.max_batch_size or not self._fits(costs + req.costs)):
                 break
             self._small.popleft()
@@ -374,6 +387,9 @@ class MicroBatcher:
             req.next = n
             self._waiting -= n
             self._small_waiting -= n
+            if req.alone:
+                break
+        self._small.extendleft(reversed(passed))
         return picks
 
     def _slice_budget(self, now: float) -> float:
@@ -391,6 +407,9 @@ class MicroBatcher:
         full = False
         while self._large and not full:
             req = self._large[0]
+            if req.alone and picks:
+                break
+            full = req.alone  # its slice runs alone
             took = 0
             while req.next < len(req.items):
                 if len(picks) >= self.max_batch_size:
@@ -482,7 +501,7 @@ class MicroBatcher:
             out = await self._call(picks)
         except Exception as exc:  # noqa: BLE001 - isolated below, handed to the requests
             healthy_before, self._healthy = self._healthy, False
-            self.stats.fallback_batches += 1
+            self.stats.fallback_batches += len(picks) > 1
             await self._isolate(picks, exc, healthy_before)
             return
         self._healthy = True

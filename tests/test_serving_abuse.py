@@ -229,6 +229,35 @@ def test_a_large_request_is_sliced_and_small_requests_pass_it():
     assert stats["large_requests"] == 1 and len(calls_with_huge) >= 256 * 212 // 4096
 
 
+def test_a_large_request_is_not_starved_by_a_stream_of_small_ones():
+    model = FakeModel(seconds_per_item=0.01)
+    huge = [f"long text {i} " + "x" * 300 for i in range(64)]  # about 0.64 s of model time
+    with ServerThread(fake_app(model, max_wait_ms=1)) as server:
+        stop = threading.Event()
+        small_done = []
+
+        def small_client(k):
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                while not stop.is_set():
+                    small_done.append(c.post("/transform", json={"inputs": [f"small {k}"]}).status_code)
+
+        smalls = [threading.Thread(target=small_client, args=(k,)) for k in range(4)]
+        for t in smalls:
+            t.start()
+        _wait_until(lambda: len(small_done) > 20, what="small traffic")
+        t0 = time.monotonic()
+        r = httpx.post(f"{server.url}/transform", json={"inputs": huge}, timeout=120)
+        elapsed = time.monotonic() - t0
+        during = len(small_done)
+        stop.set()
+        for t in smalls:
+            t.join(60)
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 64
+    # Large work gets at least a quarter of the model's time: about 4 x 0.64 s here, 15 s is generous.
+    assert elapsed < 15
+    assert set(small_done) == {200} and during > 30  # small requests kept being served meanwhile
+
+
 def test_a_failing_input_is_isolated_once_then_refused_without_a_model_call():
     model = FakeModel()
     bodies = [{"inputs": [f"good {i}", f"fine {i}"]} for i in range(6)]

@@ -269,8 +269,9 @@ def create_app(
     allowed_hosts = check_host_patterns(allowed_hosts) if allowed_hosts else None
     kind = input_kind_override or input_kind(model)
     limits = Limits(
-        max_body_bytes, max_items, max_text_length, max_image_pixels, max_batch_chars, max_batch_pixels, max_queue,
-        timeout,
+        max_body_bytes=max_body_bytes, max_items=max_items, max_text_length=max_text_length,
+        max_image_pixels=max_image_pixels, max_batch_chars=max_batch_chars, max_batch_pixels=max_batch_pixels,
+        max_queue=max_queue, timeout_s=timeout,
     )
     runners = {op: _model_runner(model, op) for op in OPERATIONS}
     endpoints = [f"/{op}" for op in OPERATIONS] + [f"/{op}/files" for op in OPERATIONS]
@@ -394,7 +395,9 @@ def create_app(
         message = f"{type(error).__name__}: {error}"
         if exc.isolated or isinstance(error, INPUT_ERRORS):
             metrics.reject("model_input")
-            if not isinstance(error, INPUT_ERRORS):
+            if isinstance(error, INPUT_ERRORS):
+                logger.info("/%s: %s failed in the model: %s", op, label, excerpt(message, 200))
+            else:  # an input-specific failure of an unexpected kind: worth a look, with its traceback
                 logger.warning("/%s: %s failed in the model alone", op, label, exc_info=error)
             return HTTPException(status_code=422, detail=short(f"{label} failed in the model: {message}"))
         logger.error("/%s: the model failed on %s", op, label, exc_info=error)
@@ -451,6 +454,11 @@ def create_app(
         except InputError as exc:
             raise invalid(exc) from None
 
+    def decode_and_probe(texts: list) -> tuple:
+        blobs = [decode_base64_image(text, i) for i, text in enumerate(texts)]
+        labels = [f"images[{i}]" for i in range(len(blobs))]
+        return blobs, labels, probe_images(blobs, labels, limits.max_image_pixels)
+
     def add_json_route(op: str):
         async def endpoint(request: Request, body: request_model):
             if kind == "text":
@@ -458,12 +466,10 @@ def create_app(
                 labels = [f"inputs[{i}]" for i in range(len(items))]
                 costs = text_costs(items)
             else:
-                try:
-                    items = [decode_base64_image(text, i) for i, text in enumerate(body.images)]
+                try:  # off the event loop: up to --max-body-bytes of base64 to decode
+                    items, labels, costs = await run_in_threadpool(decode_and_probe, list(body.images))
                 except InputError as exc:
                     raise invalid(exc) from None
-                labels = [f"images[{i}]" for i in range(len(items))]
-                costs = await images_from_blobs(items, labels)
             return await run_op(request, op, items, costs, labels)
 
         endpoint.__name__ = op

@@ -181,7 +181,8 @@ async def phase(url: str, ids, seconds: float, n_good: int, abuse: bool) -> dict
         attack.join(60)
     lat_ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
-        "abuse": abuse, "completed": len(latencies), "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
+        "abuse": abuse, "completed": len(latencies), "errors": len(errors),
+        "error_kinds": sorted(set(map(str, errors))),
         "wall_s": wall, "throughput_rps": len(latencies) / wall, "p50_ms": float(np.percentile(lat_ms, 50)),
         "p99_ms": float(np.percentile(lat_ms, 99)), "latencies_ms": [round(float(x), 2) for x in lat_ms],
         "load_avg_1m": load, "abuse_outcomes": outcomes,
@@ -231,7 +232,8 @@ def markdown(saved: dict) -> str:
         f"## Serving under abuse: {a['good']} good clients, with and without 2 abusive clients",
         "",
         f"all-MiniLM-L6-v2 + LogisticRegression, cache off, server defaults, `torch.set_num_threads(1)` in the server "
-        f"process; {saved['cpu_count']} CPU cores shared with the clients and with other work. Phases of {a['seconds']:g} s "
+        f"process; {saved['cpu_count']} CPU cores shared with the clients and with other work. "
+        f"Phases of {a['seconds']:g} s "
         f"alternate {a['rounds']} times (same server).",
         "",
         "| good clients | throughput (req/s) | per round | p50 (ms) | p99 (ms) | good errors | load avg (1 min) |",
@@ -239,12 +241,14 @@ def markdown(saved: dict) -> str:
     ]
     for abuse, name in ((False, "without abuse"), (True, "with 2 abusive clients")):
         r = s[abuse]
-        lines.append(f"| {name} | {r['throughput_rps']:.1f} | {', '.join(map(str, r['rounds_rps']))} | {r['p50_ms']:.0f} "
+        lines.append(f"| {name} | {r['throughput_rps']:.1f} | {', '.join(map(str, r['rounds_rps']))} "
+                     f"| {r['p50_ms']:.0f} "
                      f"| {r['p99_ms']:.0f} | {r['errors']} | {', '.join(map(str, r['load']))} |")
     verdict = lambda ok: "met" if ok else "missed"  # noqa: E731
     lines += [
         "",
-        f"Under abuse the good clients keep **{ratio:.0%}** of their throughput (goal >= 70 %: {verdict(ratio >= 0.7)}) "
+        f"Under abuse the good clients keep **{ratio:.0%}** of their throughput "
+        f"(goal >= 70 %: {verdict(ratio >= 0.7)}) "
         f"and their p99 latency is **{p99_ratio:.1f}x** (goal <= 3x: {verdict(p99_ratio <= 3)}).",
         "",
         "What the abusive clients got: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) + ".",

@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a client to send a request's body once its headers are in "
                    f"(default: {serving.DEFAULT_BODY_TIMEOUT:g})")
     g.add_argument("--keep-alive-timeout", type=_positive_int, default=serving.DEFAULT_KEEP_ALIVE_TIMEOUT,
-                   help=f"idle keep-alive connections are closed after this (default: {serving.DEFAULT_KEEP_ALIVE_TIMEOUT})")
+                   help="idle keep-alive connections are closed after this "
+                   f"(default: {serving.DEFAULT_KEEP_ALIVE_TIMEOUT})")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch-size", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_SIZE,
                    help=f"most inputs per model call (default: {serving.DEFAULT_MAX_BATCH_SIZE})")

@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from _server import ServerThread  # noqa: E402
+
 from skdeep.persistence import save  # noqa: E402
 from skdeep.serving import ItemFailedError, MicroBatcher, create_app, describe, embedding_model, input_kind  # noqa: E402
 from skdeep.text import TextEncoder  # noqa: E402

@@ -31,6 +31,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from _server import ServerThread  # noqa: E402
+
 from skdeep.serving import create_app  # noqa: E402
 from skdeep.text import TextEncoder  # noqa: E402
 
@@ -317,7 +318,8 @@ def test_model_failures_are_422_when_input_specific_and_a_short_logged_500_when_
     with caplog.at_level("ERROR", logger="skdeep.serving"):
         with ServerThread(create_app(broken, input_kind_override="text", warmup=False)) as server:
             r = httpx.post(f"{server.url}/transform", json={"inputs": ["anything"]}, timeout=30)
-    assert r.status_code == 500 and r.json()["detail"] == "The model failed on inputs[0]; the server log has the details."
+    assert r.status_code == 500
+    assert r.json()["detail"] == "The model failed on inputs[0]; the server log has the details."
     assert "internal state lost" not in r.text  # details stay in the log
     assert any("internal state lost" in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info)
 
@@ -391,6 +393,19 @@ def _spy_on_decoding(monkeypatch) -> list:
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     return decoded
+
+
+def test_probe_image_reads_only_the_header():
+    from skdeep.image_io import ImageTooLargeError, UnreadableImageError, probe_image
+
+    assert probe_image(_png((30, 20)), 1000) == (30, 20, "PNG")
+    assert probe_image(_png_header_only(6000, 6000), None) == (6000, 6000, "PNG")  # no pixels needed
+    with pytest.raises(ImageTooLargeError, match="6000x6000 = 36,000,000 pixels.*max_pixels=1,000,000"):
+        probe_image(_png_header_only(6000, 6000), 1_000_000, position=3)
+    with pytest.raises(UnreadableImageError, match="at position 2: not an image file"):
+        probe_image(b"plain text", position=2)
+    with pytest.raises(UnreadableImageError, match="empty"):
+        probe_image(b"")
 
 
 def test_huge_image_headers_are_refused_without_decoding(image_pipe, monkeypatch):

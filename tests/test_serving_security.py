@@ -25,6 +25,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from _server import ServerThread  # noqa: E402
+
 from skdeep.persistence import save  # noqa: E402
 from skdeep.serving import create_app, serve  # noqa: E402
 from skdeep.serving.security import resolve_api_key  # noqa: E402
@@ -227,7 +228,8 @@ def test_cross_origin_text_posts_are_refused_before_validation():
         preflight = httpx.options(f"{server.url}/transform", headers={
             "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
         assert preflight.status_code == 200  # preflights carry no token
-        r = httpx.post(f"{server.url}/transform", json={"inputs": ["a"]}, headers={"Origin": "https://app.example", **AUTH})
+        r = httpx.post(f"{server.url}/transform", json={"inputs": ["a"]},
+                       headers={"Origin": "https://app.example", **AUTH})
         assert r.status_code == 200
 
 
@@ -268,7 +270,8 @@ def test_metrics_in_prometheus_text_format():
         for _ in range(3):
             assert c.post("/transform", json={"inputs": ["a", "bb"]}).status_code == 200
         assert c.post("/transform", json={"inputs": [3]}).status_code == 422
-        assert c.post("/transform", json={"inputs": ["a" * 40]}, headers={"Authorization": "Bearer no"}).status_code == 401
+        bad_key = {"Authorization": "Bearer no"}
+        assert c.post("/transform", json={"inputs": ["a" * 40]}, headers=bad_key).status_code == 401
         assert httpx.get(f"{server.url}/metrics").status_code == 401  # protected by the key
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")

@@ -485,7 +485,9 @@ def create_app(
         async def endpoint(request: Request, files: Annotated[list[UploadFile], File(description="Image files.")]):
             if len(files) > limits.max_items:
                 metrics.reject("invalid_input")
-                raise HTTPException(status_code=422, detail=f"{len(files)} files, more than the limit of {limits.max_items}.")
+                raise HTTPException(
+                    status_code=422, detail=f"{len(files)} files, more than the limit of {limits.max_items}."
+                )
             blobs = [await f.read() for f in files]
             labels = [f"file {i} ({excerpt(f.filename or '', 60)})" for i, f in enumerate(files)]
             costs = await images_from_blobs(blobs, labels)

@@ -84,7 +84,8 @@ class BodyLimitMiddleware:
             if too_large:
                 if self.on_reject is not None:
                     self.on_reject("body_too_large")
-                await send_json(send, 413, json.dumps({"detail": self._message()}).encode(), [(b"connection", b"close")])
+                body = json.dumps({"detail": self._message()}).encode()
+                await send_json(send, 413, body, [(b"connection", b"close")])
                 return
         received = 0
 

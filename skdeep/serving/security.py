@@ -89,7 +89,8 @@ def check_host_patterns(patterns) -> list:
     out = []
     for pattern in patterns:
         pattern = str(pattern).strip().lower()
-        if not pattern or ("*" in pattern and pattern != "*" and not (pattern.startswith("*.") and "*" not in pattern[1:])):
+        wildcard_ok = pattern == "*" or (pattern.startswith("*.") and "*" not in pattern[1:])
+        if not pattern or ("*" in pattern and not wildcard_ok):
             raise ValueError(f"Invalid allowed host {pattern!r}: use a host name, '*.example.com' or '*'.")
         out.append(pattern.strip("[]"))
     return out

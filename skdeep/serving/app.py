@@ -396,7 +396,7 @@ def create_app(
         if exc.isolated or isinstance(error, INPUT_ERRORS):
             metrics.reject("model_input")
             if isinstance(error, INPUT_ERRORS):
-                logger.info("/%s: %s failed in the model: %s", op, label, excerpt(message, 200))
+                logger.info("/%s: %s failed in the model: %s", op, label, short(message, 200))
             else:  # an input-specific failure of an unexpected kind: worth a look, with its traceback
                 logger.warning("/%s: %s failed in the model alone", op, label, exc_info=error)
             return HTTPException(status_code=422, detail=short(f"{label} failed in the model: {message}"))

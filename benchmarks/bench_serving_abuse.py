@@ -249,7 +249,9 @@ def markdown(saved: dict) -> str:
         "",
         f"Under abuse the good clients keep **{ratio:.0%}** of their throughput "
         f"(goal >= 70 %: {verdict(ratio >= 0.7)}) "
-        f"and their p99 latency is **{p99_ratio:.1f}x** (goal <= 3x: {verdict(p99_ratio <= 3)}).",
+        f"and their p99 latency is **{p99_ratio:.1f}x** (goal <= 3x: {verdict(p99_ratio <= 3)}). Throughput and "
+        "percentiles pool all good requests of the phases of each kind; the plot shows each phase (a stall of the "
+        "shared machine delays all clients at once and dominates a single phase's p99).",
         "",
         "What the abusive clients got: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) + "."
         + ("" if any(k.startswith("huge ") and k != "huge sent" for k in outcomes) else

@@ -523,7 +523,7 @@ def test_slow_connections_are_closed_within_the_limits():
         assert elapsed is not None, "a slow connection stayed open"
         assert 0.5 < elapsed < 6  # limits 1.0 s / 1.5 s, generous bounds for a loaded machine
         assert received.startswith(b"HTTP/1.1 408 "), received[:100]
-    assert all(trickled >= 3 for _, _, trickled in results[:6])  # trickling bytes did not keep them open
+    assert all(trickled >= 2 for _, _, trickled in results[:6])  # trickling bytes did not keep them open
     assert 'skdeep_rejected_requests_total{reason="header_timeout"} 7.0' in metrics
     assert 'skdeep_rejected_requests_total{reason="body_timeout"} 1.0' in metrics
 

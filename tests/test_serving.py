@@ -255,6 +255,37 @@ def test_micro_batcher_rejects_bad_settings():
         MicroBatcher(lambda x: x, None, max_batch_size=0, max_wait_ms=1)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=-1)
+    with pytest.raises(ValueError, match="max_batch_cost"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, max_batch_cost=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, max_queue=0)
+    with pytest.raises(ValueError, match="large_share"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, large_share=1.0)
+
+
+def test_micro_batcher_bounds_the_cost_of_each_call():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        return [len(x) for x in items]
+
+    async def scenario():
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as ex:
+            batcher = MicroBatcher(run, ex, max_batch_size=8, max_wait_ms=20, max_batch_cost=400, padded_cost=True)
+            await batcher.start()
+            try:
+                texts = ["x" * n for n in (10, 20, 30, 100, 90, 10, 5, 200)]
+                return await batcher.submit(texts, costs=[len(t) for t in texts]), texts
+            finally:
+                await batcher.stop()
+
+    out, texts = _run(scenario())
+    assert out == [len(t) for t in texts]  # rows in order, whatever the slicing
+    assert all(len(c) == 1 or len(c) * max(map(len, c)) <= 400 for c in calls)  # padded cost per call
+    assert len(calls) >= 3
 
 
 # ------------------------------------------------------------------------- model files and inspection

@@ -20,8 +20,8 @@ texts per call.
 The client runs on the same (2-core) machine as the server and the machine is shared with other
 work: read the numbers as a ratio more than as absolutes; the load average is reported.
 
-Run:  .venv/bin/python benchmarks/bench_serving.py [--requests 2000 --seconds 60 --model all-MiniLM-L6-v2]
-      (``--model tiny`` uses a tiny random model for a quick check.)
+Run:  PYTHONPATH=. .venv/bin/python benchmarks/bench_serving.py [--requests 2000 --seconds 60 --model all-MiniLM-L6-v2]
+      (``--requests 200 --seconds 10`` for a quick check.)
 Writes benchmarks/results/serving.md, serving.json and serving.png.
 """
 
@@ -69,8 +69,7 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
 def load_texts(kind: str, n: int) -> list[str]:
     if kind == "rt":
         try:
-            sys.path.insert(0, str(ROOT / "examples"))
-            from real_data import load_rotten_tomatoes
+            from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes
 
             texts = list(dict.fromkeys(load_rotten_tomatoes()["text"]))  # distinct, in order
             random.Random(0).shuffle(texts)
@@ -84,7 +83,6 @@ def load_texts(kind: str, n: int) -> list[str]:
 
 
 def build_model(model: str, path: Path, train_texts: list[str]):
-    sys.path.insert(0, str(ROOT))
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
@@ -290,7 +288,7 @@ def plot(results: list[dict], references: list[dict], path: Path) -> None:
 
 def best_runs(saved: dict) -> tuple[list[dict], list[dict]]:
     results = []
-    for name, runs in saved["server"].items():
+    for runs in saved["server"].values():
         best = dict(max(runs, key=lambda r: r["throughput_rps"]))
         best["runs_rps"] = [round(r["throughput_rps"], 2) for r in runs]
         results.append(best)
@@ -328,11 +326,6 @@ def main() -> None:
     train, texts = texts[:200], texts[200:]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
-        if model == "tiny":
-            sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import build_tiny_text_model
-
-            model = build_tiny_text_model(Path(tmp) / "tiny")
         model_file = Path(tmp) / "model.skops"
         pipe = build_model(model, model_file, train)
         runs: dict[str, list[dict]] = {name: [] for name in args.modes}

@@ -56,8 +56,10 @@ def _image_files(folder: Path, recursive: bool) -> list[str]:
         hint = "; its subfolders are not read without --recursive" if subfolders else ""
         raise UsageError(f"{str(folder)!r} holds no image files PIL can open{hint}.")
     if subfolders:
-        print(f"skdeep: note: the subfolders of {str(folder)!r} are not read; pass --recursive to include them.",
-              file=sys.stderr)
+        print(
+            f"skdeep: note: the subfolders of {str(folder)!r} are not read; pass --recursive to include them.",
+            file=sys.stderr,
+        )
     return files
 
 
@@ -78,8 +80,9 @@ def _read_table(path: Path, column: str | None):
     return frame[column].tolist()
 
 
-def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto",
-                recursive: bool = False) -> tuple[list, str]:
+def read_inputs(
+    spec: str, *, column: str | None = None, kind: str = "auto", recursive: bool = False
+) -> tuple[list, str]:
     """Read INPUT: a text file (one text per line), '-' (stdin), a CSV/TSV/Parquet column, or an
     image folder. Returns ``(items, kind)`` with kind ``"text"`` or ``"image"``.
 
@@ -192,8 +195,12 @@ def _cache_spec(args):
 
 
 def _encoder_for(kind: str, args):
-    params = {"batch_size": args.batch_size, "device": args.device, "cache": _cache_spec(args),
-              "show_progress": not args.no_progress}
+    params = {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "cache": _cache_spec(args),
+        "show_progress": not args.no_progress,
+    }
     if args.model is not None:
         params["model"] = args.model
     if kind == "text":
@@ -256,8 +263,10 @@ def cmd_embed(args) -> int:
     encoder = _encoder_for(kind, args)
     if args.on_error == "skip" and Path(args.out).suffix.lower() != ".parquet":
         # A bare matrix could not say which rows are missing.
-        raise UsageError("--on-error skip needs a .parquet output, whose 'path' column lists the images kept; "
-                         "with .npy use --on-error zero (failed images become rows of zeros, rows stay aligned).")
+        raise UsageError(
+            "--on-error skip needs a .parquet output, whose 'path' column lists the images kept; "
+            "with .npy use --on-error zero (failed images become rows of zeros, rows stay aligned)."
+        )
     n_inputs = len(items)
     if kind == "image":
         vectors, items = _embed_images_reporting_failures(encoder, items, args.on_error)
@@ -302,8 +311,9 @@ def cmd_predict(args) -> int:
         kind = input_kind(model)
     except ValueError:
         kind = "auto"
-    items, _ = read_inputs(args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind,
-                           recursive=args.recursive)
+    items, _ = read_inputs(
+        args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind, recursive=args.recursive
+    )
     if not items:
         raise UsageError(f"{args.input!r} holds no inputs.")
     _override_encoders(model, args)
@@ -323,16 +333,38 @@ def cmd_serve(args) -> int:
 
     if not Path(args.model).is_file():
         raise UsageError(f"Model file {args.model!r} does not exist.")
+    if args.api_key_file is not None and not Path(args.api_key_file).is_file():
+        raise UsageError(f"API key file {args.api_key_file!r} does not exist.")
+
+    def listed(values):  # repeatable and comma-separated
+        return [v.strip() for value in values for v in value.split(",") if v.strip()] if values else None
+
+    def seconds(value):  # 0 turns a time limit off
+        return value or None
+
     serve(
         args.model,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        api_key_file=args.api_key_file,
+        allowed_origins=listed(args.allowed_origins),
+        allowed_hosts=listed(args.allowed_hosts),
+        header_timeout=seconds(args.header_timeout),
+        body_timeout=seconds(args.body_timeout),
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout=seconds(args.timeout),
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
         max_items=args.max_items,
         max_text_length=args.max_text_length,
+        max_image_pixels=args.max_image_pixels,
+        max_batch_chars=args.max_batch_chars,
+        max_batch_pixels=args.max_batch_pixels,
+        max_queue=args.max_queue,
         input_kind_override=args.kind,
         trusted=args.trust,
         allow_pickle=args.allow_pickle,
@@ -341,9 +373,11 @@ def cmd_serve(args) -> int:
 
 
 def _format_info(info: dict) -> str:
-    lines = [f"file:        {info['file']} ({info['format']}, {info['size_bytes']:,} bytes)",
-             f"estimator:   {info['estimator']}",
-             f"input:       {info['input_kind'] or 'unknown'}"]
+    lines = [
+        f"file:        {info['file']} ({info['format']}, {info['size_bytes']:,} bytes)",
+        f"estimator:   {info['estimator']}",
+        f"input:       {info['input_kind'] or 'unknown'}",
+    ]
     if len(info["steps"]) > 1 or info["steps"][0]["name"] is not None:
         lines.append("steps:")
         lines += [f"  {i}. {s['name']}: {s['class']}" for i, s in enumerate(info["steps"])]
@@ -381,29 +415,50 @@ def cmd_info(args) -> int:
 
 
 def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
-    p.add_argument("--batch-size", type=_positive_int, default=32 if defaults else None,
-                   help="inputs per forward pass" + (" (default: 32)" if defaults else " (default: as saved)"))
-    p.add_argument("--device", default="auto" if defaults else None,
-                   help="auto, cpu, cuda, cuda:N or mps" + (" (default: auto)" if defaults else " (default: as saved)"))
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32 if defaults else None,
+        help="inputs per forward pass" + (" (default: 32)" if defaults else " (default: as saved)"),
+    )
+    p.add_argument(
+        "--device",
+        default="auto" if defaults else None,
+        help="auto, cpu, cuda, cuda:N or mps" + (" (default: auto)" if defaults else " (default: as saved)"),
+    )
     cache = p.add_mutually_exclusive_group()
-    cache.add_argument("--cache", metavar="DIR", default=None,
-                       help="embedding cache folder, shared across runs (default: "
-                       + ("$SKDEEP_CACHE_DIR, else memory only)" if defaults else "as saved)"))
+    cache.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=None,
+        help="embedding cache folder, shared across runs (default: "
+        + ("$SKDEEP_CACHE_DIR, else memory only)" if defaults else "as saved)"),
+    )
     cache.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--column", help="column to read from a CSV/TSV/Parquet input")
-    p.add_argument("--kind", choices=("auto", "text", "image"), default="auto",
-                   help="read INPUT as texts or images (default: image for folders, else text)")
-    p.add_argument("--recursive", action="store_true",
-                   help="image folders: read the images in subfolders too (default: the folder's own files only, "
-                   "as ImageEncoder().transform(folder) does); hidden files and symlinked folders are never read")
+    p.add_argument(
+        "--kind",
+        choices=("auto", "text", "image"),
+        default="auto",
+        help="read INPUT as texts or images (default: image for folders, else text)",
+    )
+    p.add_argument(
+        "--recursive",
+        action="store_true",
+        help="image folders: read the images in subfolders too (default: the folder's own files only, "
+        "as ImageEncoder().transform(folder) does); hidden files and symlinked folders are never read",
+    )
 
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust", action="append", metavar="TYPE", help="trust this type in a .skops file (repeatable)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="load a .joblib / .pkl pickle: unpickling runs any code the file contains, so pass "
-                   "this only for files you made (.skops files never need it)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a .joblib / .pkl pickle: unpickling runs any code the file contains, so pass "
+        "this only for files you made (.skops files never need it)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -441,63 +496,210 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("embed", help="embed a text file, a CSV column or an image folder",
-                       description="Embed INPUT with a pretrained encoder and save the vectors.")
-    p.add_argument("input", metavar="INPUT",
-                   help="text file (one text per line), '-' for stdin, .csv/.tsv/.parquet (with --column), "
-                   "or a folder of images")
-    p.add_argument("--model", help="model name or folder (default: all-MiniLM-L6-v2 for text, "
-                   "efficientnet_lite0 for images)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .npy (float32 matrix) or .parquet "
-                   "(input column plus an 'embedding' list column)")
+    p = sub.add_parser(
+        "embed",
+        help="embed a text file, a CSV column or an image folder",
+        description="Embed INPUT with a pretrained encoder and save the vectors.",
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="text file (one text per line), '-' for stdin, .csv/.tsv/.parquet (with --column), or a folder of images",
+    )
+    p.add_argument(
+        "--model", help="model name or folder (default: all-MiniLM-L6-v2 for text, efficientnet_lite0 for images)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output .npy (float32 matrix) or .parquet (input column plus an 'embedding' list column)",
+    )
     p.add_argument("--normalize", action="store_true", help="unit-length text embeddings")
-    p.add_argument("--weights", help="image models: weights name or checkpoint file, or 'none' for a random "
-                   "initialisation (default: the model's pretrained weights)")
-    p.add_argument("--on-error", choices=("raise", "skip", "zero"), default="raise",
-                   help="images that cannot be read (missing, not an image, truncated, too large, not a regular "
-                   "file): 'raise' stops with an error naming the file (default); 'zero' writes a row of zeros, "
-                   "so rows stay aligned with the input; 'skip' leaves the row out and needs a .parquet --out, "
-                   "whose 'path' column lists the images kept. Both print the failures on stderr")
-    p.add_argument("--max-pixels", type=_max_pixels, metavar="N",
-                   help="refuse images whose header claims more than N pixels (a decompression bomb guard), or "
-                   f"'none' for no limit beyond PIL's own (default: {DEFAULT_MAX_PIXELS})")
+    p.add_argument(
+        "--weights",
+        help="image models: weights name or checkpoint file, or 'none' for a random "
+        "initialisation (default: the model's pretrained weights)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip", "zero"),
+        default="raise",
+        help="images that cannot be read (missing, not an image, truncated, too large, not a regular "
+        "file): 'raise' stops with an error naming the file (default); 'zero' writes a row of zeros, "
+        "so rows stay aligned with the input; 'skip' leaves the row out and needs a .parquet --out, "
+        "whose 'path' column lists the images kept. Both print the failures on stderr",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_max_pixels,
+        metavar="N",
+        help="refuse images whose header claims more than N pixels (a decompression bomb guard), or "
+        f"'none' for no limit beyond PIL's own (default: {DEFAULT_MAX_PIXELS})",
+    )
     _add_encoder_options(p, defaults=True)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("predict", help="predict with a saved pipeline",
-                       description="Run a saved pipeline's predict (or predict_proba) on INPUT.")
+    p = sub.add_parser(
+        "predict",
+        help="predict with a saved pipeline",
+        description="Run a saved pipeline's predict (or predict_proba) on INPUT.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
     p.add_argument("input", metavar="INPUT", help="as for 'skdeep embed'")
-    p.add_argument("--out", metavar="FILE", help="output .csv/.txt, .npy or .parquet (default: stdout, "
-                   "one prediction per line, or CSV with a header of classes for --proba)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="output .csv/.txt, .npy or .parquet (default: stdout, "
+        "one prediction per line, or CSV with a header of classes for --proba)",
+    )
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _add_load_options(p)
     _add_encoder_options(p, defaults=False)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="serve a saved pipeline over HTTP",
-                       description="Serve a saved pipeline over HTTP (FastAPI + uvicorn) with micro-batching.")
+    p = sub.add_parser(
+        "serve",
+        help="serve a saved pipeline over HTTP",
+        description="Serve a saved pipeline over HTTP (FastAPI + uvicorn) with fair micro-batching. "
+        "Limits, authentication and deployment: docs/serving.md.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
-    p.add_argument("--max-batch-size", type=_positive_int, default=serving.DEFAULT_MAX_BATCH_SIZE,
-                   help=f"most inputs per model call (default: {serving.DEFAULT_MAX_BATCH_SIZE})")
-    p.add_argument("--max-wait-ms", type=_non_negative_float, default=serving.DEFAULT_MAX_WAIT_MS,
-                   help=f"how long a batch waits for more requests (default: {serving.DEFAULT_MAX_WAIT_MS})")
-    p.add_argument("--no-batching", action="store_true", help="one model call per request")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=serving.DEFAULT_MAX_BODY_BYTES)
-    p.add_argument("--max-items", type=_positive_int, default=serving.DEFAULT_MAX_ITEMS,
-                   help="most texts or images per request")
-    p.add_argument("--max-text-length", type=_positive_int, default=serving.DEFAULT_MAX_TEXT_LENGTH,
-                   help="most characters per text")
-    p.add_argument("--kind", choices=("text", "image"), default=None,
-                   help="input kind, when the model has no skdeep encoder to tell")
+    g = p.add_argument_group("access")
+    g.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require 'Authorization: Bearer <key>' with the key in "
+        "FILE on every endpoint but /health (default: $SKDEEP_API_KEY if set, else no authentication)",
+    )
+    g.add_argument(
+        "--allowed-origins",
+        action="append",
+        metavar="ORIGIN[,ORIGIN...]",
+        help="browser origins (https://app.example.com, or '*') allowed to call the server besides its "
+        "own, with CORS; requests from other origins are refused (403)",
+    )
+    g.add_argument(
+        "--allowed-hosts",
+        action="append",
+        metavar="HOST[,HOST...]",
+        help="accepted Host header values ('*.example.com' wildcards); default: localhost, 127.0.0.1 "
+        "and ::1 when bound to loopback, else any",
+    )
+    g.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies trusted to set X-Forwarded-For/-Proto (uvicorn's option; default: 127.0.0.1)",
+    )
+    g = p.add_argument_group("limits")
+    g.add_argument(
+        "--max-items",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_ITEMS,
+        help=f"most texts or images per request (default: {serving.DEFAULT_MAX_ITEMS})",
+    )
+    g.add_argument(
+        "--max-text-length",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_TEXT_LENGTH,
+        help=f"most characters per text (default: {serving.DEFAULT_MAX_TEXT_LENGTH})",
+    )
+    g.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_IMAGE_PIXELS,
+        help="most pixels an image header may declare, checked before decoding "
+        f"(default: {serving.DEFAULT_MAX_IMAGE_PIXELS})",
+    )
+    g.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body (default: {serving.DEFAULT_MAX_BODY_BYTES})",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_QUEUE,
+        help=f"most inputs waiting for the model; beyond, 503 with Retry-After (default: {serving.DEFAULT_MAX_QUEUE})",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        help="most open connections; beyond, 503 (default: no limit)",
+    )
+    g = p.add_argument_group("time limits (seconds; 0 turns one off)")
+    g.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=serving.DEFAULT_TIMEOUT,
+        help=f"from a request's body to its answer; beyond, 504 (default: {serving.DEFAULT_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=_non_negative_float,
+        default=serving.DEFAULT_HEADER_TIMEOUT,
+        help="for a client to send a request's headers; beyond, 408 and the connection is closed "
+        f"(default: {serving.DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=_non_negative_float,
+        default=serving.DEFAULT_BODY_TIMEOUT,
+        help="for a client to send a request's body once its headers are in "
+        f"(default: {serving.DEFAULT_BODY_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--keep-alive-timeout",
+        type=_positive_int,
+        default=serving.DEFAULT_KEEP_ALIVE_TIMEOUT,
+        help=f"idle keep-alive connections are closed after this (default: {serving.DEFAULT_KEEP_ALIVE_TIMEOUT})",
+    )
+    g = p.add_argument_group("batching")
+    g.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_BATCH_SIZE,
+        help=f"most inputs per model call (default: {serving.DEFAULT_MAX_BATCH_SIZE})",
+    )
+    g.add_argument(
+        "--max-batch-chars",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_BATCH_CHARS,
+        help="most characters per model call, counted as n_texts * (longest + 32); larger requests "
+        f"are served in slices (default: {serving.DEFAULT_MAX_BATCH_CHARS})",
+    )
+    g.add_argument(
+        "--max-batch-pixels",
+        type=_positive_int,
+        default=serving.DEFAULT_MAX_BATCH_PIXELS,
+        help=f"most image pixels per model call (default: {serving.DEFAULT_MAX_BATCH_PIXELS})",
+    )
+    g.add_argument(
+        "--max-wait-ms",
+        type=_non_negative_float,
+        default=serving.DEFAULT_MAX_WAIT_MS,
+        help=f"how long a batch waits for more requests (default: {serving.DEFAULT_MAX_WAIT_MS})",
+    )
+    g.add_argument("--no-batching", action="store_true", help="one input per model call")
+    p.add_argument(
+        "--kind",
+        choices=("text", "image"),
+        default=None,
+        help="input kind, when the model has no skdeep encoder to tell",
+    )
     _add_load_options(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("info", help="describe a saved pipeline",
-                       description="Show a saved pipeline's steps, classes, encoders and expected input.")
+    p = sub.add_parser(
+        "info",
+        help="describe a saved pipeline",
+        description="Show a saved pipeline's steps, classes, encoders and expected input.",
+    )
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_load_options(p)

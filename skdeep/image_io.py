@@ -666,3 +666,48 @@ def _validate_item(item, i: int, pixel_range, check_files: bool) -> ImageInput:
         f"Image at position {i} has type {type(item).__name__} ({_short(item)}); expected a path, bytes, a PIL image "
         "or a numpy array."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# header probe
+
+
+def probe_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, position: int = 0) -> tuple[int, int, str]:
+    """Read only an encoded image's header: ``(width, height, format)``, without decoding pixels.
+
+    For checking uploads before they queue for a model (the model decodes each image once, and
+    reports truncated or corrupt pixel data then).
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded image (PNG, JPEG, ...).
+    max_pixels : int or None, default=89_478_485
+        Most pixels the header may declare.
+    position : int, default=0
+        Named in error messages.
+
+    Returns
+    -------
+    tuple of (int, int, str)
+
+    Raises
+    ------
+    ImageTooLargeError
+        The header declares more than ``max_pixels`` pixels.
+    UnreadableImageError
+        The data is empty or not an image format PIL recognises.
+    """
+    item = ImageInput("bytes", data, position)
+    if not data:
+        raise UnreadableImageError(f"Cannot read {item.describe()}: the file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _checked_size(img, max_pixels, item)
+            return int(img.width), int(img.height), str(img.format)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"Cannot read {item.describe()}: {exc}") from exc
+    except UnreadableImageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImageError(f"Cannot read {item.describe()}: {_reason(exc)}") from exc

@@ -16,12 +16,12 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import packaged_minilm_available
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
-from conftest import packaged_minilm_available
 from skdeep.cli import main
 from skdeep.engine import ENCODE_LOG_ENV
 from skdeep.persistence import save
@@ -46,8 +46,13 @@ def _env(tmp_path, **extra):
 def run_cli(tmp_path, *args, stdin=None, console_script=False, **env):
     cmd = [_console_script()] if console_script else [sys.executable, "-m", "skdeep.cli"]
     return subprocess.run(
-        [*cmd, *map(str, args)], input=stdin, capture_output=True, text=True, cwd=tmp_path,
-        env=_env(tmp_path, **env), timeout=300,
+        [*cmd, *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+        timeout=300,
     )
 
 
@@ -114,8 +119,9 @@ def _free_port():
 def test_serve_answers_http_requests_until_interrupted(pipe, model_file, tmp_path):
     port = _free_port()
     cmd = [sys.executable, "-m", "skdeep.cli", "serve", str(model_file), "--port", str(port), "--max-wait-ms", "1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -130,7 +136,7 @@ def test_serve_answers_http_requests_until_interrupted(pipe, model_file, tmp_pat
             time.sleep(0.2)
         r = httpx.post(f"{url}/predict", json={"inputs": LINES}, timeout=30)
         assert r.json()["predictions"] == pipe.predict(LINES).tolist()
-        assert httpx.get(f"{url}/metadata").json()["source_file"] == str(model_file)
+        assert httpx.get(f"{url}/metadata").json()["source_file"] == model_file.name  # never the server path
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=30)[0]
@@ -160,8 +166,23 @@ def test_embed_csv_column_to_parquet_and_stdin(tiny_text_model, tmp_path, monkey
     csv_path = tmp_path / "data.csv"
     pd.DataFrame({"id": [1, 2, 3], "review": ["good", "bad, really", "a film"]}).to_csv(csv_path, index=False)
     out = tmp_path / "emb.parquet"
-    assert main(["embed", str(csv_path), "--column", "review", "--model", tiny_text_model, "--out", str(out),
-                 "--no-progress", "--no-cache"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(csv_path),
+                "--column",
+                "review",
+                "--model",
+                tiny_text_model,
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     frame = pd.read_parquet(out)
     assert frame["text"].tolist() == ["good", "bad, really", "a film"]
     expected = TextEncoder(tiny_text_model, cache=None).transform(frame["text"])
@@ -210,8 +231,24 @@ def test_embed_an_image_folder(tmp_path):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "img.parquet"
-    assert main(["embed", str(folder), "--model", "resnet18", "--weights", "none", "--out", str(out),
-                 "--no-progress", "--no-cache", "--recursive"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(folder),
+                "--model",
+                "resnet18",
+                "--weights",
+                "none",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-cache",
+                "--recursive",
+            ]
+        )
+        == 0
+    )
     frame = pd.read_parquet(out)
     assert [Path(p).name for p in frame["path"]] == ["a.jpg", "b.png", "c.png"]
     expected = ImageEncoder("resnet18", weights=None, cache=None).transform(frame["path"].tolist())
@@ -230,8 +267,9 @@ def _exit_code(argv, capsys):
 def test_usage_errors_exit_2_with_a_message(tiny_text_model, pipe, model_file, lines_file, tmp_path, capsys):
     csv_path = tmp_path / "two.csv"
     pd.DataFrame({"a": ["x"], "b": ["y"]}).to_csv(csv_path, index=False)
-    svc = save(make_pipeline(TextEncoder(tiny_text_model, cache=None), LinearSVC()).fit(TEXTS, LABELS),
-               tmp_path / "svc.skops")
+    svc = save(
+        make_pipeline(TextEncoder(tiny_text_model, cache=None), LinearSVC()).fit(TEXTS, LABELS), tmp_path / "svc.skops"
+    )
     cases = {
         "no command": ([], "required"),
         "unknown command": (["fly"], "invalid choice"),
@@ -274,8 +312,9 @@ def test_invalid_text_in_a_csv_names_the_row(tiny_text_model, tmp_path, capsys):
 # ------------------------------------------------------------------------- image folders and unreadable images
 
 IMAGE_ARGS = ["--model", "timm:test_resnet", "--weights", "none", "--no-progress", "--no-cache"]
-needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
-                                reason="needs named pipes and /dev/zero")
+needs_fifo = pytest.mark.skipif(
+    not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs named pipes and /dev/zero"
+)
 
 
 def _promptly(fn, timeout: float = 120.0):
@@ -380,8 +419,10 @@ def test_embed_on_error_and_max_pixels(tiny_text_model, lines_file, tmp_path, ca
 
     code, err = run(folder, "--on-error", "skip", "--out", tmp_path / "x.npy")
     assert code == 2 and "needs a .parquet output" in err
-    code, err = _exit_code(["embed", str(lines_file), "--model", tiny_text_model, "--on-error", "zero",
-                            "--out", str(tmp_path / "t.npy")], capsys)
+    code, err = _exit_code(
+        ["embed", str(lines_file), "--model", tiny_text_model, "--on-error", "zero", "--out", str(tmp_path / "t.npy")],
+        capsys,
+    )
     assert code == 2 and "--on-error applies to images" in err
 
     # --max-pixels: the 40 x 48 = 1920-pixel images are refused under 1000, read with no limit.
@@ -389,6 +430,20 @@ def test_embed_on_error_and_max_pixels(tiny_text_model, lines_file, tmp_path, ca
     assert code == 2 and "a.png" in err and "max_pixels=1,000" in err
     code, err = run(folder, "--max-pixels", "0", "--out", tmp_path / "x.npy")
     assert code == 2 and "positive integer" in err
-    assert main(["embed", str(folder), "--max-pixels", "none", "--on-error", "zero", "--out",
-                 str(tmp_path / "none.npy"), *IMAGE_ARGS]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(folder),
+                "--max-pixels",
+                "none",
+                "--on-error",
+                "zero",
+                "--out",
+                str(tmp_path / "none.npy"),
+                *IMAGE_ARGS,
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "none.npy"), zero)

@@ -18,8 +18,10 @@ from sklearn.svm import LinearSVC
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from _server import ServerThread  # noqa: E402
+
 from skdeep.persistence import save  # noqa: E402
-from skdeep.serving import MicroBatcher, ServerThread, create_app, describe, embedding_model, input_kind  # noqa: E402
+from skdeep.serving import ItemFailedError, MicroBatcher, create_app, describe, embedding_model, input_kind  # noqa: E402
 from skdeep.text import TextEncoder  # noqa: E402
 
 TEXTS = ["good film", "bad film", "a good movie", "the bad movie", "good", "bad"] * 2
@@ -148,9 +150,10 @@ def test_missing_methods_answer_404_with_a_message(tiny_text_model):
         r = httpx.post(f"{s1.url}/predict_proba", json={"inputs": ["good"]})
         assert r.status_code == 404 and "LinearSVC" in r.json()["detail"]
         assert "/predict_proba" not in httpx.get(f"{s1.url}/openapi.json").json()["paths"]
-        assert httpx.post(f"{s1.url}/predict", json={"inputs": ["good"]}).json()["predictions"] == svc.predict(
-            ["good"]
-        ).tolist()
+        assert (
+            httpx.post(f"{s1.url}/predict", json={"inputs": ["good"]}).json()["predictions"]
+            == svc.predict(["good"]).tolist()
+        )
         # A transformer pipeline: /transform is the pipeline's own transform, /predict does not exist.
         r = httpx.post(f"{s2.url}/transform", json={"inputs": ["good", "bad"]})
         np.testing.assert_allclose(r.json()["embeddings"], encoder_only.transform(["good", "bad"]), rtol=1e-6)
@@ -226,13 +229,15 @@ def test_micro_batcher_limits_batches_and_isolates_failures():
 
     results, stats = _run(scenario(4, [["a"], ["b", "c"], ["d"], ["e", "f"], ["g"]]))
     assert results == [["A"], ["B", "C"], ["D"], ["E", "F"], ["G"]]
-    assert [len(c) for c in calls] == [4, 3]  # full batch of 4, never a split request
+    assert [len(c) for c in calls] == [4, 3]  # full batch of 4, never a split small request
     assert stats.model_calls == 2 and stats.requests == 5
 
     calls.clear()
     results, stats = _run(scenario(2, [["a", "b", "c"], ["d"]]))
-    assert results == [["A", "B", "C"], ["D"]]  # an oversize request runs alone
-    assert calls == [["a", "b", "c"], ["d"]]
+    assert results == [["A", "B", "C"], ["D"]]
+    # A request larger than a call is served in slices, and the small request does not wait for all of it.
+    assert max(len(c) for c in calls) <= 2 and sorted(x for c in calls for x in c) == ["a", "b", "c", "d"]
+    assert calls.index(["d"]) < len(calls) - 1 and stats.large_requests == 1
 
     calls.clear()
     results, stats = _run(scenario(1, [["a"], ["b"], ["c"]]))  # batching off
@@ -241,7 +246,8 @@ def test_micro_batcher_limits_batches_and_isolates_failures():
     calls.clear()
     results, stats = _run(scenario(8, [["a"], ["bad"], ["c"]]))
     assert results[0] == ["A"] and results[2] == ["C"]
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], ItemFailedError) and isinstance(results[1].error, ValueError)
+    assert results[1].index == 0 and results[1].isolated  # the other inputs of its call worked
     assert stats.fallback_batches == 1 and calls[0] == ["a", "bad", "c"]
 
 
@@ -250,6 +256,37 @@ def test_micro_batcher_rejects_bad_settings():
         MicroBatcher(lambda x: x, None, max_batch_size=0, max_wait_ms=1)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=-1)
+    with pytest.raises(ValueError, match="max_batch_cost"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, max_batch_cost=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, max_queue=0)
+    with pytest.raises(ValueError, match="large_share"):
+        MicroBatcher(lambda x: x, None, max_batch_size=1, max_wait_ms=1, large_share=1.0)
+
+
+def test_micro_batcher_bounds_the_cost_of_each_call():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        return [len(x) for x in items]
+
+    async def scenario():
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as ex:
+            batcher = MicroBatcher(run, ex, max_batch_size=8, max_wait_ms=20, max_batch_cost=400, padded_cost=True)
+            await batcher.start()
+            try:
+                texts = ["x" * n for n in (10, 20, 30, 100, 90, 10, 5, 200)]
+                return await batcher.submit(texts, costs=[len(t) for t in texts]), texts
+            finally:
+                await batcher.stop()
+
+    out, texts = _run(scenario())
+    assert out == [len(t) for t in texts]  # rows in order, whatever the slicing
+    assert all(len(c) == 1 or len(c) * max(map(len, c)) <= 400 for c in calls)  # padded cost per call
+    assert len(calls) >= 3
 
 
 # ------------------------------------------------------------------------- model files and inspection
@@ -260,7 +297,7 @@ def test_serves_a_saved_skops_file(text_pipe, tmp_path):
     with ServerThread(create_app(path)) as server:
         meta = httpx.get(f"{server.url}/metadata").json()
         r = httpx.post(f"{server.url}/predict", json={"inputs": TEXTS[:3]})
-    assert meta["source_file"] == str(path)
+    assert meta["source_file"] == path.name  # the file's name, never the server's path
     assert r.json()["predictions"] == text_pipe.predict(TEXTS[:3]).tolist()
 
 

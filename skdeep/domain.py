@@ -33,12 +33,12 @@ from sklearn.base import (
 from sklearn.utils import check_array
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted
 
-from ._sklearn import Interval, StrOptions, _fit_context, _get_feature_names, validate_data
+from ._sklearn import DocLinkMixin, Interval, StrOptions, _fit_context, _get_feature_names, validate_data
 
 __all__ = ["CORAL", "SubspaceAlignment"]
 
 
-class _BaseDomainAdapter(TransformerMixin, BaseEstimator):
+class _BaseDomainAdapter(DocLinkMixin, TransformerMixin, BaseEstimator):
     """Shared plumbing: where the target features come from, validation,
     and the source/target dispatch of ``fit_transform`` and ``transform``.
 

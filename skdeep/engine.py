@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from . import backends
 from ._config import ENCODE_LOG_ENV, encode_log_path
-from ._sklearn import _fit_context
+from ._sklearn import DocLinkMixin, _fit_context
 from .cache import claims_for, fetch_claimed_elsewhere, resolve_cache
 from .devices import resolve_device, run_in_batches
 from .persistence import verify_on_load
@@ -365,7 +365,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 # the estimators' shared base
 
 
-class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
+class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared machinery of skdeep's frozen encoders.
 
     A subclass declares ``_family`` (a short name, part of every key) and ``_model_settings`` (the

@@ -70,7 +70,7 @@ def _skops_io():
     try:
         import skops.io as sio
     except ImportError as exc:  # pragma: no cover - skops is in the serve extra
-        raise ImportError("Saving and loading .skops files needs skops: pip install 'skdeep[serve]'.") from exc
+        raise ImportError("Saving and loading .skops files needs skops: pip install 'scikit-deep[serve]'.") from exc
     return sio
 
 

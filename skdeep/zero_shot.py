@@ -9,7 +9,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 
-from ._sklearn import HasMethods, Interval, _fit_context
+from ._sklearn import DocLinkMixin, HasMethods, Interval, _fit_context
 from .engine import l2_normalize
 from .text import validate_texts
 
@@ -29,7 +29,7 @@ def _dense_rows(x) -> np.ndarray:
     return l2_normalize(x.astype(np.float32, copy=False))
 
 
-class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+class ZeroShotClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     """Classify texts with no training examples, by similarity to embedded label descriptions.
 
     Each label is described in words (its name, or one or more descriptions). Every description

@@ -36,7 +36,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .._sklearn import HasMethods, Interval, StrOptions, _fit_context
+from .._sklearn import DocLinkMixin, HasMethods, Interval, StrOptions, _fit_context
 from ..backends import quiet_loading
 from ..devices import resolve_device
 from ..sources import ModelSource, fingerprint_path, register_model, resolve_text_model
@@ -58,7 +58,9 @@ def _encoder_layers(auto_model):
     return max(lists, key=len)
 
 
-class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClassifierMixin, BaseEstimator):
+class FineTunedTextClassifier(
+    DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClassifierMixin, BaseEstimator
+):
     """Fine-tune a pretrained sentence encoder on labelled texts, then classify with a linear head.
 
     With the default ``loss="cosine"`` this is SetFit: the encoder learns from pairs of training

@@ -490,8 +490,9 @@ class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixi
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs, checked like ``transform`` checks them.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts. Checked as ``transform`` checks them.
         y : None
             Ignored.
 
@@ -519,12 +520,13 @@ class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixi
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs to embed.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
             One embedding per input, in input order.
         """
         self._validate_params()
@@ -543,14 +545,15 @@ class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixi
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs to embed.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
         y : None
             Ignored.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
             One embedding per input, in input order.
         """
         return self.fit(X, y).transform(X)

@@ -19,7 +19,7 @@ pipeline); for a classifier pipeline it runs the steps up to and including the f
 so it returns that encoder's embeddings.
 
 FastAPI and uvicorn are imported only by :func:`create_app` and :func:`serve`
-(``pip install skdeep[serve]``).
+(``pip install scikit-deep[serve]``).
 """
 
 import asyncio
@@ -506,7 +506,8 @@ def create_app(
 
     Returns
     -------
-    fastapi.FastAPI
+    app : fastapi.FastAPI
+        The application; run it with any ASGI server, or test it with ``fastapi.testclient.TestClient``.
     """
     from contextlib import asynccontextmanager
 
@@ -700,7 +701,21 @@ def _version() -> str:
 
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options) -> None:
-    """Load ``model`` and serve it with uvicorn until interrupted (see :func:`create_app` for options)."""
+    """Load ``model`` and serve it with uvicorn until interrupted.
+
+    Parameters
+    ----------
+    model : str, path-like or estimator
+        A saved pipeline (``.skops`` or ``.joblib``) or a fitted estimator, as for :func:`create_app`.
+    host : str, default="127.0.0.1"
+        Interface to bind; the default answers this machine only.
+    port : int, default=8000
+        TCP port.
+    log_level : str, default="info"
+        Log level of uvicorn.
+    **app_options : dict
+        Passed to :func:`create_app` (limits, batching, trusted types, ...).
+    """
     import uvicorn
 
     if not _is_loopback(host):

@@ -492,7 +492,8 @@ class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         ----------
         X : array-like of shape (n_samples,) or (n_samples, 1), or str
             Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
-            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts. Checked as ``transform`` checks them.
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
+            Checked as ``transform`` checks them.
         y : None
             Ignored.
 

@@ -22,6 +22,9 @@ ROOT = DOCS.parent
 # The examples load the packaged models with no network, and print what a user would see.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress bars (saving models, loading weights) would land in the examples' captured output.
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # Third-party deprecation notices raised while the examples run are not the examples' output.
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -102,7 +105,6 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("skdeep",),
     "backreferences_dir": "api/generated/backreferences",
-    "reference_url": {"skdeep": None},
     "capture_repr": ("_repr_html_", "__repr__"),
     "abort_on_example_error": True,
     "min_reported_time": 0,

@@ -32,8 +32,9 @@ def embed_in_worker(texts, folder):
     from skdeep import EmbeddingCache, TextEncoder
 
     cache = EmbeddingCache(folder)
+    encoder = TextEncoder("all-MiniLM-L6-v2", cache=cache).fit(texts[:1])  # loads the model
     start = time.perf_counter()
-    TextEncoder("all-MiniLM-L6-v2", cache=cache).fit_transform(texts)
+    encoder.transform(texts)
     return os.getpid(), cache.stats, time.perf_counter() - start
 
 
@@ -57,11 +58,13 @@ print(f"vectors computed in all: {sum(stats.writes for _, stats, _ in results)} 
 from skdeep import EmbeddingCache, TextEncoder
 
 cache = EmbeddingCache(folder)
+encoder = TextEncoder("all-MiniLM-L6-v2", cache=cache).fit(texts[:1])
+cache.reset_stats()
 start = time.perf_counter()
-X = TextEncoder("all-MiniLM-L6-v2", cache=cache).fit_transform(texts)
+X = encoder.transform(texts)
 warm = time.perf_counter() - start
 print(cache.stats)
-print(f"{X.shape[0]} embeddings read in {warm:.2f} s (including the model check)")
+print(f"{X.shape[0]} embeddings read in {warm:.3f} s")
 
 # %%
 # What a key is
@@ -86,5 +89,5 @@ fig, ax = plt.subplots(figsize=(6, 2.2))
 bars = {f"worker {i + 1} (cold cache)": seconds for i, (_, _, seconds) in enumerate(results)}
 bars["later process (warm cache)"] = warm
 ax.barh(list(bars), list(bars.values()), color=["tab:orange", "tab:orange", "tab:blue"])
-ax.set_xlabel(f"seconds to embed {len(texts)} snippets (including model loading)")
+ax.set_xlabel(f"seconds to transform {len(texts)} snippets (model already loaded)")
 fig.tight_layout()

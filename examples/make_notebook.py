@@ -64,7 +64,8 @@ CELLS = [
         "joblib.dump(search.best_estimator_, 'quickstart_pipeline.joblib')\n"
         "print(os.path.getsize('quickstart_pipeline.joblib'), 'bytes: the model travels by reference')\n"
         "loaded = joblib.load('quickstart_pipeline.joblib')\n"
-        "print(loaded.predict(['A moving, beautifully acted film.', 'A tedious, joyless mess.']))\n"
+        "new_reviews = ['A moving, beautifully acted film.', 'Dull, tedious and far too long: a waste of time.']\n"
+        "print(loaded.predict(new_reviews))\n"
         "os.remove('quickstart_pipeline.joblib')"
     ),
 ]

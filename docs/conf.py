@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import skdeep
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
+sys.path.insert(0, str(DOCS / "sphinxext"))  # the gallery's order (as scikit-learn's docs do)
 
 # The examples load the packaged models with no network, and print what a user would see.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,6 +89,7 @@ html_css_files = ["skdeep.css"]
 html_show_sourcelink = False
 html_theme_options = {
     "logo": {"text": "skdeep"},
+    "header_links_before_dropdown": 7,
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
@@ -102,7 +105,7 @@ sphinx_gallery_conf = {
     # notebook builder, the data loader) are neither run nor shown.
     "filename_pattern": re.escape(os.sep) + "plot_",
     "ignore_pattern": r"(^|[\\/])(?!plot_)[^\\/]+\.py$",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.ExampleOrder",
     "doc_module": ("skdeep",),
     "backreferences_dir": "api/generated/backreferences",
     "capture_repr": ("_repr_html_", "__repr__"),

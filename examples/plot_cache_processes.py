@@ -85,9 +85,12 @@ print(cache.stats)
 # %%
 import matplotlib.pyplot as plt
 
-fig, ax = plt.subplots(figsize=(6, 2.2))
-bars = {f"worker {i + 1} (cold cache)": seconds for i, (_, _, seconds) in enumerate(results)}
-bars["later process (warm cache)"] = warm
+fig, ax = plt.subplots(figsize=(7, 2.4))
+bars = {f"worker {i + 1}, cold cache": seconds for i, (_, _, seconds) in enumerate(results)}
+bars["later process, warm cache"] = warm
 ax.barh(list(bars), list(bars.values()), color=["tab:orange", "tab:orange", "tab:blue"])
-ax.set_xlabel(f"seconds to transform {len(texts)} snippets (model already loaded)")
+for i, seconds in enumerate(bars.values()):
+    ax.text(seconds, i, f" {seconds:.3g} s", va="center")
+ax.set_xlim(0, 1.25 * max(bars.values()))
+ax.set_xlabel(f"seconds to transform {len(texts)} snippets, model loaded")
 fig.tight_layout()

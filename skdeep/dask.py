@@ -58,7 +58,9 @@ __all__ = ["WORKER_CONFIG", "describe_workers", "embed", "embed_frame", "embed_t
 
 DEFAULT_PARTITION_SIZE = 1_000
 
-#: Dask settings for worker processes that run models; apply them where the workers are started:
+#: Dask settings for worker processes that run models.
+#:
+#: Apply them where the workers are started:
 #: ``with dask.config.set(skdeep.dask.WORKER_CONFIG): cluster = LocalCluster(...)``.
 #: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker, which also freezes glibc's
 #: mmap threshold, so each large tensor allocation maps and unmaps fresh pages: measured here, it
@@ -293,13 +295,13 @@ def embed(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
     encoder : skdeep encoder
         For example :class:`~skdeep.TextEncoder`. If it is not fitted yet it is fitted once, on a
         worker, on one input: the client never loads the model. Its ``cache`` parameter is used by
-        every worker, so give it a directory all workers share (see the README section "Running skdeep on Dask").
+        every worker, so give it a directory all workers share (see "Dask" in the user guide).
     partition_size : int, default=1000
         Rows per partition for in-memory inputs; ignored for Dask collections.
 
     Returns
     -------
-    dask.array.Array of shape (n_samples, n_features_out_), float32
+    X : dask.array.Array of shape (n_samples, n_features_out), float32
         One block per partition. Block lengths are unknown (NaN) for Dask DataFrames and Bags until
         computed; call ``.compute_chunk_sizes()`` if you need them.
 
@@ -330,12 +332,17 @@ def embed_frame(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE):
 
     Parameters
     ----------
-    collection, encoder, partition_size
-        As in :func:`embed`.
+    collection : Dask Series, one-column Dask DataFrame, Dask Bag, Dask array, list, tuple, \
+            ndarray or pandas Series
+        The inputs, as in :func:`embed`.
+    encoder : skdeep encoder
+        The encoder, as in :func:`embed`.
+    partition_size : int, default=1000
+        Rows per partition for in-memory inputs; ignored for Dask collections.
 
     Returns
     -------
-    dask.dataframe.DataFrame
+    frame : dask.dataframe.DataFrame
         One float32 column per embedding dimension, named like ``encoder.get_feature_names_out()``
         (``textencoder0``, ``textencoder1``, ...).
     """
@@ -375,12 +382,15 @@ def embed_to_parquet(
 
     Parameters
     ----------
-    collection, encoder
-        As in :func:`embed`.
+    collection : Dask Series, one-column Dask DataFrame, Dask Bag, Dask array, list, tuple, \
+            ndarray or pandas Series
+        The inputs, as in :func:`embed`.
+    encoder : skdeep encoder
+        The encoder, as in :func:`embed`.
     path : str or path-like
         Directory of the Parquet dataset (any fsspec URL Dask accepts, e.g. ``s3://bucket/emb/``).
-    partition_size
-        As in :func:`embed`.
+    partition_size : int, default=1000
+        Rows per partition for in-memory inputs; ignored for Dask collections.
     compute : bool, default=True
         Write now; with False, return the delayed write for the caller to compute.
     **to_parquet_kwargs
@@ -389,7 +399,8 @@ def embed_to_parquet(
 
     Returns
     -------
-    The value of ``DataFrame.to_parquet``: None, or a delayed write when ``compute=False``.
+    result : None or dask.delayed.Delayed
+        What ``DataFrame.to_parquet`` returns: None, or the delayed write when ``compute=False``.
     """
     frame = embed_frame(collection, encoder, partition_size=partition_size)
     return frame.to_parquet(os.fspath(path), compute=compute, **to_parquet_kwargs)
@@ -405,12 +416,17 @@ def warm_cache(collection, encoder, *, partition_size=DEFAULT_PARTITION_SIZE) ->
 
     Parameters
     ----------
-    collection, encoder, partition_size
-        As in :func:`embed`. The encoder's ``cache`` must be a directory the workers share.
+    collection : Dask Series, one-column Dask DataFrame, Dask Bag, Dask array, list, tuple, \
+            ndarray or pandas Series
+        The inputs, as in :func:`embed`.
+    encoder : skdeep encoder
+        The encoder, as in :func:`embed`. Its ``cache`` must be a directory the workers share.
+    partition_size : int, default=1000
+        Rows per partition for in-memory inputs; ignored for Dask collections.
 
     Returns
     -------
-    int
+    n_rows : int
         Number of rows processed (found in the cache or embedded).
     """
     cache = encoder.get_params().get("cache", None) if hasattr(encoder, "get_params") else None
@@ -443,10 +459,11 @@ def describe_workers(client) -> dict:
     Parameters
     ----------
     client : distributed.Client
+        A client connected to the cluster.
 
     Returns
     -------
-    dict
+    workers : dict
         Worker address -> ``{"pid", "device", "CUDA_VISIBLE_DEVICES", "backends"}``: ``device`` is
         what ``device="auto"`` picks there (``cuda`` is the first GPU that worker sees, so with one
         GPU per worker each uses its own); ``backends`` lists the models loaded in that process.

@@ -33,12 +33,12 @@ from sklearn.base import (
 from sklearn.utils import check_array
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted
 
-from ._sklearn import Interval, StrOptions, _fit_context, _get_feature_names, validate_data
+from ._sklearn import DocLinkMixin, Interval, StrOptions, _fit_context, _get_feature_names, validate_data
 
 __all__ = ["CORAL", "SubspaceAlignment"]
 
 
-class _BaseDomainAdapter(TransformerMixin, BaseEstimator):
+class _BaseDomainAdapter(DocLinkMixin, TransformerMixin, BaseEstimator):
     """Shared plumbing: where the target features come from, validation,
     and the source/target dispatch of ``fit_transform`` and ``transform``.
 
@@ -206,8 +206,7 @@ def _covariance(X, mean):
 
 
 class CORAL(OneToOneFeatureMixin, _BaseDomainAdapter):
-    """Correlation alignment: re-colour source features with the target's
-    second-order statistics.
+    """Correlation alignment: re-colour source features with the target's covariance.
 
     CORAL (Sun, Feng & Saenko, 2016) whitens the source features with their
     own covariance and re-colours them with the target covariance. A model
@@ -268,10 +267,10 @@ class CORAL(OneToOneFeatureMixin, _BaseDomainAdapter):
         The matrix ``A = C_s^{-1/2} @ C_t^{1/2}``.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
 
     See Also
@@ -341,8 +340,10 @@ class CORAL(OneToOneFeatureMixin, _BaseDomainAdapter):
 
 
 class SubspaceAlignment(ClassNamePrefixFeaturesOutMixin, _BaseDomainAdapter):
-    """Subspace alignment: project both domains on their principal axes and
-    rotate the source axes onto the target axes.
+    """Subspace alignment: rotate the source's principal axes onto the target's.
+
+    Both domains are projected on their principal axes, and the source axes are
+    rotated onto the target axes.
 
     Subspace Alignment (Fernando et al., 2013) computes the top
     `n_components` principal axes ``P_s`` of the source and ``P_t`` of the
@@ -384,13 +385,13 @@ class SubspaceAlignment(ClassNamePrefixFeaturesOutMixin, _BaseDomainAdapter):
 
     Attributes
     ----------
-    components_source_ : ndarray of shape (n_components_, n_features)
+    components_source_ : ndarray of shape (n_components, n_features)
         Principal axes of the source data (rows), by decreasing variance.
 
-    components_target_ : ndarray of shape (n_components_, n_features)
+    components_target_ : ndarray of shape (n_components, n_features)
         Principal axes of the target data (rows), by decreasing variance.
 
-    alignment_ : ndarray of shape (n_components_, n_components_)
+    alignment_ : ndarray of shape (n_components, n_components)
         The alignment ``M = P_s^T @ P_t``.
 
     mean_source_ : ndarray of shape (n_features,)
@@ -403,10 +404,10 @@ class SubspaceAlignment(ClassNamePrefixFeaturesOutMixin, _BaseDomainAdapter):
         Number of components kept.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
 
     See Also

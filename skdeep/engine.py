@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from . import backends
 from ._config import ENCODE_LOG_ENV, encode_log_path
-from ._sklearn import _fit_context
+from ._sklearn import DocLinkMixin, _fit_context
 from .cache import claims_for, fetch_claimed_elsewhere, resolve_cache
 from .devices import resolve_device, run_in_batches
 from .persistence import verify_on_load
@@ -365,7 +365,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 # the estimators' shared base
 
 
-class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
+class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared machinery of skdeep's frozen encoders.
 
     A subclass declares ``_family`` (a short name, part of every key) and ``_model_settings`` (the
@@ -490,8 +490,10 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs, checked like ``transform`` checks them.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
+            Checked as ``transform`` checks them.
         y : None
             Ignored.
 
@@ -519,12 +521,13 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs to embed.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
             One embedding per input, in input order.
         """
         self._validate_params()
@@ -543,14 +546,15 @@ class BaseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
         Parameters
         ----------
-        X : see the class docstring
-            Inputs to embed.
+        X : array-like of shape (n_samples,) or (n_samples, 1), or str
+            Texts for a :class:`~skdeep.TextEncoder`; images, image files, a folder or a glob
+            for an :class:`~skdeep.ImageEncoder`. The encoder's page lists what it accepts.
         y : None
             Ignored.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
             One embedding per input, in input order.
         """
         return self.fit(X, y).transform(X)

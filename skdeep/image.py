@@ -34,6 +34,13 @@ _HASH_IN_THREADS = 16  # hash files with the decode threads when there are at le
 class UnreadableImageWarning(UserWarning):
     """Some images could not be read and were replaced by zero rows or dropped.
 
+    Parameters
+    ----------
+    message : str
+        The warning's text.
+    positions : list of int
+        Rows of the input whose image could not be read.
+
     Attributes
     ----------
     positions : list of int
@@ -46,7 +53,7 @@ class UnreadableImageWarning(UserWarning):
 
 
 def list_layers(model="efficientnet_lite0", weights=None) -> list[str]:
-    """Every layer name ``ImageEncoder(model, layers=...)`` accepts for a model.
+    """List every layer name ``ImageEncoder(model, layers=...)`` accepts for a model.
 
     Graph node names (torchvision / timm FX feature extraction); a module name such as ``"layer3"``
     also works and means the last node inside it.
@@ -60,7 +67,8 @@ def list_layers(model="efficientnet_lite0", weights=None) -> list[str]:
 
     Returns
     -------
-    list of str
+    names : list of str
+        The layer names, in the order the model computes them.
     """
     source = resolve_image_model(model, weights, 0)
     return graph_node_names(build_model(source), source.spec.library)
@@ -367,7 +375,7 @@ class ImageEncoder(BaseEncoder):
         self.feature_names_out_ = np.asarray(backend.feature_names, dtype=object)
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.
+        """Get the names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.
 
         Works unfitted too (``set_output`` on an unfitted encoder): the names come from the model.
 
@@ -378,7 +386,8 @@ class ImageEncoder(BaseEncoder):
 
         Returns
         -------
-        ndarray of str objects
+        feature_names_out : ndarray of str objects
+            One name per output column.
         """
         if hasattr(self, "feature_names_out_"):
             return self.feature_names_out_.copy()

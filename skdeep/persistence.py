@@ -70,7 +70,7 @@ def _skops_io():
     try:
         import skops.io as sio
     except ImportError as exc:  # pragma: no cover - skops is in the serve extra
-        raise ImportError("Saving and loading .skops files needs skops: pip install 'skdeep[serve]'.") from exc
+        raise ImportError("Saving and loading .skops files needs skops: pip install 'scikit-deep[serve]'.") from exc
     return sio
 
 
@@ -85,10 +85,17 @@ def _untrusted_error_base():
 class UntrustedTypesError(_untrusted_error_base()):
     """A ``.skops`` file holds types that are neither skdeep's nor trusted by the caller.
 
+    Parameters
+    ----------
+    path : str or path-like
+        The file being loaded.
+    untrusted : iterable of str
+        The fully qualified names of the types nobody trusted.
+
     Attributes
     ----------
     untrusted : list of str
-        The fully qualified names of those types.
+        The fully qualified names of those types, sorted.
     """
 
     def __init__(self, path, untrusted):

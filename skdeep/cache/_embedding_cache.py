@@ -34,9 +34,10 @@ class CacheStats:
     """A snapshot of an :class:`EmbeddingCache`'s counters and sizes.
 
     Counters (``hits``, ``misses``, ``writes``, ``errors``) count what this process did since the
-    cache was created or :meth:`EmbeddingCache.reset_stats` was called.
+    cache was created or :meth:`EmbeddingCache.reset_stats` was called. Read it from
+    :attr:`EmbeddingCache.stats`; each field below is also an attribute.
 
-    Attributes
+    Parameters
     ----------
     hits : int
         Keys found, in memory or on disk.

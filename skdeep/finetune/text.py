@@ -36,7 +36,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .._sklearn import HasMethods, Interval, StrOptions, _fit_context
+from .._sklearn import DocLinkMixin, HasMethods, Interval, StrOptions, _fit_context
 from ..backends import quiet_loading
 from ..devices import resolve_device
 from ..sources import ModelSource, fingerprint_path, register_model, resolve_text_model
@@ -58,7 +58,9 @@ def _encoder_layers(auto_model):
     return max(lists, key=len)
 
 
-class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClassifierMixin, BaseEstimator):
+class FineTunedTextClassifier(
+    DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClassifierMixin, BaseEstimator
+):
     """Fine-tune a pretrained sentence encoder on labelled texts, then classify with a linear head.
 
     With the default ``loss="cosine"`` this is SetFit: the encoder learns from pairs of training
@@ -165,6 +167,11 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     best_step_ : int
         Step whose weights were kept.
 
+    See Also
+    --------
+    TextEncoder : Frozen features.
+    ZeroShotClassifier : No training examples at all.
+
     Notes
     -----
     The tuned weights travel with the estimator: pickling it stores the model's files (tens of
@@ -174,11 +181,6 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     Training on a CPU is slow (a few steps per second for MiniLM); keep ``max_steps`` modest
     there, or use a GPU.
-
-    See Also
-    --------
-    TextEncoder : Frozen features.
-    ZeroShotClassifier : No training examples at all.
 
     Examples
     --------
@@ -263,11 +265,14 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Parameters
         ----------
         X : list, array or Series of str
+            Training texts.
         y : array-like of shape (n_samples,)
+            Their labels (at least two classes).
 
         Returns
         -------
-        self
+        self : object
+            The fitted classifier.
         """
         import torch
 
@@ -486,30 +491,100 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     # ------------------------------------------------------------------ inference
     def transform(self, X):
-        """Embeddings of ``X`` by the tuned encoder.
+        """Embed ``X`` with the tuned encoder.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features_out_), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
+            One tuned embedding per text.
         """
         check_is_fitted(self, "encoder_")
         return self.encoder_.transform(X)
 
     def fit_transform(self, X, y=None, **fit_params):
+        """Fit to ``(X, y)``, then embed ``X`` with the tuned encoder.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Training texts.
+        y : array-like of shape (n_samples,)
+            Their labels.
+        **fit_params : dict
+            Ignored.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out), float32
+            One tuned embedding per text.
+        """
         return self.fit(X, y).transform(X)
 
     def predict(self, X):
+        """Predict the class of each text with the head, on the tuned embeddings.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+            The predicted class of each text.
+        """
         check_is_fitted(self, "head_")
         return self.head_.predict(self.transform(X))
 
     def predict_proba(self, X):
+        """Class probabilities from the head, on the tuned embeddings.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Probability of each class (columns in the order of ``classes_``).
+        """
         check_is_fitted(self, "head_")
         return self.head_.predict_proba(self.transform(X))
 
     def predict_log_proba(self, X):
+        """Logarithm of the class probabilities of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probability of each class (columns in the order of ``classes_``).
+        """
         return np.log(self.predict_proba(X))
 
     def decision_function(self, X):
+        """Confidence scores from the head's ``decision_function``, on the tuned embeddings.
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The head's scores (one column per class, or one for two classes).
+        """
         check_is_fitted(self, "head_")
         return self.head_.decision_function(self.transform(X))
 
@@ -528,7 +603,8 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
         Returns
         -------
-        Path
+        path : pathlib.Path
+            The folder written.
         """
         check_is_fitted(self, "encoder_")
         target = Path(path)

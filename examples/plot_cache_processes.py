@@ -22,6 +22,7 @@ import tempfile
 import time
 
 from joblib import Parallel, delayed
+
 from skdeep.datasets import fetch_rotten_tomatoes
 
 texts = fetch_rotten_tomatoes().sample(200, random_state=4)["text"].tolist()

@@ -18,11 +18,11 @@ answers are the ones a real server gives.
 import tempfile
 from pathlib import Path
 
-from skdeep.datasets import fetch_rotten_tomatoes
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from skdeep import TextEncoder, save
+from skdeep.datasets import fetch_rotten_tomatoes
 
 data = fetch_rotten_tomatoes().sample(300, random_state=3)
 labels = data["label"].map({1: "fresh", 0: "rotten"})

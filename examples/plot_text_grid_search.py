@@ -21,8 +21,9 @@ every later fit reads the vectors back.
 import time
 
 import matplotlib.pyplot as plt
-from skdeep.datasets import fetch_rotten_tomatoes
 from sklearn.model_selection import train_test_split
+
+from skdeep.datasets import fetch_rotten_tomatoes
 
 data = fetch_rotten_tomatoes().sample(600, random_state=0)
 train, test = train_test_split(data, train_size=400, stratify=data["label"], random_state=0)

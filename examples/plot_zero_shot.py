@@ -15,9 +15,8 @@ The labels below are only used to *measure* accuracy; the classifier never learn
 # --------------------
 # Each class gets one or more descriptions; each description is put into each prompt template,
 # and the embeddings are averaged into one vector per class (prompt ensembling).
-from skdeep.datasets import fetch_rotten_tomatoes
-
 from skdeep import ZeroShotClassifier
+from skdeep.datasets import fetch_rotten_tomatoes
 
 data = fetch_rotten_tomatoes().sample(400, random_state=2)
 texts, y = data["text"], data["label"]

@@ -173,9 +173,13 @@ def load_fashion_mnist(n_train=None, n_test=None, data_dir=None):
     Returns
     -------
     X_train : ndarray of shape (n_train, 28, 28), uint8
+        Training images.
     y_train : ndarray of shape (n_train,), uint8
+        Their classes, 0 to 9.
     X_test : ndarray of shape (n_test, 28, 28), uint8
+        Test images.
     y_test : ndarray of shape (n_test,), uint8
+        Their classes.
     """
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not folder.is_dir():

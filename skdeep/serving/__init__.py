@@ -24,7 +24,7 @@ Modules: :mod:`~skdeep.serving.inspect` (what a model is; no web imports),
 :func:`serve`), :mod:`~skdeep.serving.inputs`, :mod:`~skdeep.serving.errors`,
 :mod:`~skdeep.serving.security`, :mod:`~skdeep.serving.metrics`, :mod:`~skdeep.serving.transport`
 and :mod:`~skdeep.serving.limits`. FastAPI and uvicorn are imported only when an app is built or
-served (``pip install skdeep[serve]``).
+served (``pip install scikit-deep[serve]``).
 """
 
 from .app import create_app, serve

@@ -247,6 +247,7 @@ def create_app(
     Returns
     -------
     fastapi.FastAPI
+        The application; run it with any ASGI server (``uvicorn.run(app)``), or use :func:`serve`.
     """
     from contextlib import asynccontextmanager
 
@@ -580,14 +581,42 @@ def serve(
     forwarded_allow_ips: str | None = None,
     **app_options,
 ) -> None:
-    """Load ``model`` and serve it with uvicorn until interrupted.
+    """Load ``model`` and serve it with uvicorn until interrupted (what ``skdeep serve`` runs).
 
-    The API key comes from ``api_key_file``, else ``api_key``, else ``$SKDEEP_API_KEY``
-    (:func:`skdeep._config.api_key`). Bound to a loopback address without ``allowed_hosts``, the
-    server accepts only ``Host: localhost / 127.0.0.1 / ::1`` (a guard against DNS rebinding).
-    ``header_timeout`` / ``body_timeout`` close connections that send slowly (see
-    :mod:`skdeep.serving.transport`); ``max_connections`` answers 503 beyond that many open
-    connections; other options go to :func:`create_app`.
+    Parameters
+    ----------
+    model : estimator, str or path-like
+        A fitted pipeline, or a file saved with :func:`skdeep.save`.
+    host : str, default="127.0.0.1"
+        Interface to bind. Loopback only by default; bind ``0.0.0.0`` behind a reverse proxy.
+    port : int, default=8000
+        TCP port.
+    log_level : {"critical", "error", "warning", "info", "debug"}, default="info"
+        uvicorn's log level.
+    api_key : str, default=None
+        Bearer token every endpoint but ``/health`` requires. The key comes from ``api_key_file``,
+        else ``api_key``, else ``$SKDEEP_API_KEY``; none of them: no authentication.
+    api_key_file : path-like, default=None
+        A file holding the key (kept out of the process list and shell history).
+    allowed_hosts : list of str, default=None
+        Accepted ``Host`` headers. None while bound to a loopback address accepts only
+        ``localhost``, ``127.0.0.1`` and ``::1`` (a guard against DNS rebinding).
+    header_timeout : float or None, default=10
+        Seconds a client may take to send its request headers before the connection is closed.
+    body_timeout : float or None, default=60
+        Seconds a client may take to send its request body.
+    keep_alive_timeout : int, default=5
+        Seconds an idle keep-alive connection stays open.
+    max_connections : int, default=None
+        Open connections beyond this many are answered 503.
+    forwarded_allow_ips : str, default=None
+        Proxies whose ``X-Forwarded-*`` headers are trusted (uvicorn's option).
+    **app_options
+        Passed to :func:`create_app` (limits, batching, deadline, origins, trusted types).
+
+    See Also
+    --------
+    create_app : The application itself, for any ASGI server.
     """
     import uvicorn
 

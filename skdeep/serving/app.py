@@ -334,8 +334,15 @@ def create_app(
                 await loop.run_in_executor(executor, warm_table_encoders, model)
             else:
                 sample = _warmup_inputs(kind)
-                for run in (r for r in runners.values() if r is not None):
-                    await loop.run_in_executor(executor, run, sample)
+                for op, run in runners.items():
+                    if run is None:
+                        continue
+                    try:
+                        await loop.run_in_executor(executor, run, sample)
+                    except (AttributeError, NotImplementedError) as exc:
+                        # Advertised but not computable (e.g. a wrapper without probabilities): answer 404.
+                        logger.warning("/%s is not available: %s: %s", op, type(exc).__name__, short(exc, 200))
+                        await batchers.pop(op).stop()
         try:
             yield
         finally:

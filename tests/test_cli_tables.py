@@ -137,7 +137,7 @@ def test_embed_keep_columns_errors(tiny_text_model, tmp_path, capsys):
         "npy output": (["embed", str(tmp_path / "in.csv"), "--column", "review", "--keep-columns", "id"], ".parquet"),
         "absent column": (["embed", str(tmp_path / "in.csv"), "--column", "review", "--keep-columns", "nope"], "nope"),
         "text file": (["embed", str(tmp_path / "lines.txt"), "--keep-columns", "id"], "apply to .csv"),
-        "reserved name": (["embed", str(tmp_path / "in.csv"), "--column", "id", "--keep-columns", "text"], "named 'text'"),
+        "reserved name": (["embed", str(tmp_path / "in.csv"), "--column", "id", "--keep-columns", "text"], "'text'"),
     }
     for name, (argv, fragment) in cases.items():
         out = "x.npy" if name == "npy output" else str(tmp_path / "x.parquet")
@@ -177,7 +177,8 @@ HEAVY = ("numpy", "pandas", "sklearn", "torch", "fastapi", "skops", "pyarrow")
 )
 def test_help_version_and_usage_errors_import_nothing_heavy(argv, status, tmp_path):
     code = (
-        f"import sys\nfrom skdeep.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+        f"import sys\nfrom skdeep.cli import main\ntry:\n    main({argv!r})\n"
+        "except SystemExit as e:\n    code = e.code\n"
         f"print(code, [m for m in {HEAVY!r} if m in sys.modules])"
     )
     start = time.perf_counter()

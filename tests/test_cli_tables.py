@@ -132,12 +132,13 @@ def test_embed_keep_columns_errors(tiny_text_model, tmp_path, capsys):
     NEW.to_csv(tmp_path / "in.csv", index=False)
     (tmp_path / "lines.txt").write_text("good\n")
     base = ["--model", tiny_text_model, "--no-progress", "--no-cache"]
+    csv = str(tmp_path / "in.csv")
     cases = {
         "duplicate ids": (["embed", str(tmp_path / "dup.csv"), "--column", "review", "--id-column", "id"], "twice"),
         "npy output": (["embed", str(tmp_path / "in.csv"), "--column", "review", "--keep-columns", "id"], ".parquet"),
         "absent column": (["embed", str(tmp_path / "in.csv"), "--column", "review", "--keep-columns", "nope"], "nope"),
         "text file": (["embed", str(tmp_path / "lines.txt"), "--keep-columns", "id"], "apply to .csv"),
-        "reserved name": (["embed", str(tmp_path / "in.csv"), "--column", "id", "--keep-columns", "text"], "'text'"),
+        "reserved name": (["embed", csv, "--column", "id", "--keep-columns", "text"], "cannot be named 'text'"),
     }
     for name, (argv, fragment) in cases.items():
         out = "x.npy" if name == "npy output" else str(tmp_path / "x.parquet")

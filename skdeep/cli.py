@@ -5,183 +5,48 @@
     skdeep embed reviews.txt --model all-MiniLM-L6-v2 --out reviews.npy
     skdeep embed data.csv --column text --out data.parquet --cache ~/.cache/skdeep/embeddings
     skdeep embed photos/ --model efficientnet_lite0 --out photos.parquet --on-error skip
+    skdeep embed products.csv --column title --id-column sku --keep-columns price --out products.parquet
     skdeep predict model.skops reviews.txt --proba --out scores.csv
+    skdeep predict table_model.skops listings.csv --out prices.csv
     skdeep serve model.skops --host 127.0.0.1 --port 8000
     skdeep info model.skops
 
 Exit status: 0 on success, 2 for bad usage, missing files and invalid input or models, 1 for
 anything unexpected.
+
+Only the standard library is imported until the arguments are parsed, so ``--help``, ``--version``
+and usage errors answer at once; numpy, scikit-learn and torch load when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
+from ._cli_io import (
+    EMBED_OUTPUTS,
+    PREDICT_OUTPUTS,
+    TABLE_SUFFIXES,
+    UsageError,
+    check_suffix,
+    read_inputs,
+    read_model_table,
+    write_embeddings,
+    write_predictions,
+)
+from .serving import limits as serving
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-EMBED_OUTPUTS = (".npy", ".parquet")
-PREDICT_OUTPUTS = (".csv", ".txt", ".npy", ".parquet")
+#: ``skdeep.image_io.DEFAULT_MAX_PIXELS`` (PIL's own limit), repeated here so that ``--help`` imports
+#: no image code; a test keeps the two equal.
+DEFAULT_MAX_PIXELS = 89_478_485
+#: Longest error message the command prints (one line).
+MESSAGE_LIMIT = 500
 
-
-class UsageError(Exception):
-    """Bad arguments or input: reported in one line with exit status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# reading inputs
-
-
-def _image_files(folder: Path, recursive: bool) -> list[str]:
-    # The library's own rule, so that `skdeep embed photos/` and ImageEncoder().transform("photos/") agree.
-    from .image_io import list_image_files
-
-    try:
-        files = list_image_files(folder, recursive=recursive)
-    except OSError as exc:
-        raise UsageError(f"Cannot list the folder {str(folder)!r}: {exc}") from exc
-    subfolders = False
-    if not recursive:
-        with os.scandir(folder) as entries:
-            subfolders = any(e.is_dir(follow_symlinks=False) and not e.name.startswith(".") for e in entries)
-    if not files:
-        hint = "; its subfolders are not read without --recursive" if subfolders else ""
-        raise UsageError(f"{str(folder)!r} holds no image files PIL can open{hint}.")
-    if subfolders:
-        print(
-            f"skdeep: note: the subfolders of {str(folder)!r} are not read; pass --recursive to include them.",
-            file=sys.stderr,
-        )
-    return files
-
-
-def _read_table(path: Path, column: str | None):
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-    if column is None:
-        if frame.shape[1] != 1:
-            raise UsageError(f"{str(path)!r} has columns {list(frame.columns)!r}; choose one with --column.")
-        column = frame.columns[0]
-    if column not in frame.columns:
-        raise UsageError(f"{str(path)!r} has no column {column!r}; its columns are {list(frame.columns)!r}.")
-    return frame[column].tolist()
-
-
-def read_inputs(
-    spec: str, *, column: str | None = None, kind: str = "auto", recursive: bool = False
-) -> tuple[list, str]:
-    """Read INPUT: a text file (one text per line), '-' (stdin), a CSV/TSV/Parquet column, or an
-    image folder. Returns ``(items, kind)`` with kind ``"text"`` or ``"image"``.
-
-    Text files keep blank lines as empty texts, so output row i is always input line i. Image folders
-    are listed by :func:`skdeep.image_io.list_image_files` (subfolders only with ``recursive``).
-    """
-    if spec == "-":
-        if kind == "image":
-            raise UsageError("Images cannot be read from stdin; pass a folder.")
-        return sys.stdin.read().splitlines(), "text"
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise UsageError(f"Input {spec!r} does not exist.")
-    if path.is_dir():
-        if kind == "text":
-            raise UsageError(f"{spec!r} is a folder; text input must be a file.")
-        return _image_files(path, recursive), "image"
-    if path.suffix.lower() in TABLE_SUFFIXES:
-        values = _read_table(path, column)
-        if kind == "image":
-            # Relative paths in a table are relative to the table's folder.
-            return [str((path.parent / str(v)).resolve()) if str(v) else str(v) for v in values], "image"
-        return values, "text"
-    if column is not None:
-        raise UsageError(f"--column applies to {', '.join(TABLE_SUFFIXES)} files, not {spec!r}.")
-    if kind == "image":
-        from .image_io import is_image_file_name
-
-        if is_image_file_name(path.name):
-            return [str(path)], "image"
-        raise UsageError(f"{spec!r} is not an image folder or image file.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{spec!r} is not UTF-8 text ({exc}); pass a text file, a CSV or an image folder.") from exc
-    return text.splitlines(), "text"
-
-
-# ---------------------------------------------------------------------------------------------
-# writing outputs
-
-
-def _check_suffix(out: str | None, allowed: tuple) -> None:
-    if out is not None and Path(out).suffix.lower() not in allowed:
-        raise UsageError(f"--out {out!r}: use one of {', '.join(allowed)}.")
-
-
-def write_embeddings(out: str, vectors: np.ndarray, items: list, kind: str) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".npy":
-        np.save(path, vectors.astype(np.float32, copy=False))
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    dim = vectors.shape[1]
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
-    table = pa.table(
-        {
-            "text" if kind == "text" else "path": pa.array([str(x) for x in items], type=pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        }
-    )
-    pq.write_table(table, path)
-
-
-def _prediction_text(values, classes=None) -> str:
-    buf = io.StringIO()
-    if classes is None:
-        for v in np.asarray(values).tolist():
-            buf.write(f"{v}\n")
-    else:
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([str(c) for c in np.asarray(classes).tolist()])
-        for row in np.asarray(values):
-            writer.writerow([f"{p:.6g}" for p in row])
-    return buf.getvalue()
-
-
-def write_predictions(out: str | None, values, classes=None) -> None:
-    if out is None:
-        sys.stdout.write(_prediction_text(values, classes))
-        return
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        np.save(path, np.asarray(values))
-    elif suffix == ".parquet":
-        import pandas as pd
-
-        if classes is None:
-            frame = pd.DataFrame({"prediction": np.asarray(values)})
-        else:
-            frame = pd.DataFrame(np.asarray(values), columns=[str(c) for c in np.asarray(classes).tolist()])
-        frame.to_parquet(path, index=False)
-    else:
-        path.write_text(_prediction_text(values, classes), encoding="utf-8")
+__all__ = ["main", "build_parser", "read_inputs", "UsageError", "TABLE_SUFFIXES", "EMBED_OUTPUTS", "PREDICT_OUTPUTS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,9 +98,9 @@ def _encoder_for(kind: str, args):
     return cls(**{k: v for k, v in params.items() if v is not None or k in ("cache", "weights", "max_pixels")})
 
 
-def _embed_images_reporting_failures(encoder, items: list, on_error: str) -> tuple[np.ndarray, list]:
+def _embed_images_reporting_failures(encoder, items: list, on_error: str):
     """Embed, turning ImageEncoder's unreadable-image warning into a note on stderr; returns the
-    vectors and the inputs they belong to (without the skipped ones)."""
+    vectors and the positions of the inputs they belong to (without the skipped ones)."""
     from .image import UnreadableImageWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -248,18 +113,76 @@ def _embed_images_reporting_failures(encoder, items: list, on_error: str) -> tup
             print(f"skdeep embed: warning: {_one_line(w.message)}", file=sys.stderr)
         else:  # not ours to swallow
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if on_error == "skip" and failed:
-        items = [item for i, item in enumerate(items) if i not in failed]
-    if len(items) != vectors.shape[0]:  # pragma: no cover - the encoder broke its own contract
-        raise RuntimeError(f"{vectors.shape[0]} embeddings for {len(items)} inputs.")
-    return vectors, items
+    rows = [i for i in range(len(items)) if not (on_error == "skip" and i in failed)]
+    if len(rows) != vectors.shape[0]:  # pragma: no cover - the encoder broke its own contract
+        raise RuntimeError(f"{vectors.shape[0]} embeddings for {len(rows)} inputs.")
+    return vectors, rows
+
+
+def _listed(values) -> list:
+    """Values of a repeatable, comma-separated option."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+def _kept_columns(args) -> list:
+    keep = _listed(args.keep_columns)
+    wanted = ([args.id_column] if args.id_column else []) + [c for c in keep if c != args.id_column]
+    if len(set(wanted)) != len(wanted):
+        raise UsageError(f"--keep-columns names a column twice: {keep!r}.")
+    if wanted and Path(args.out).suffix.lower() != ".parquet":
+        raise UsageError("--keep-columns and --id-column need a .parquet --out (a .npy file holds only the vectors).")
+    if args.column is not None and args.column in wanted:
+        raise UsageError(f"{args.column!r} is the embedded column (written as 'text' or 'path'); do not keep it too.")
+    for name in wanted:
+        if name in ("text", "path", "embedding"):
+            raise UsageError(f"A kept column cannot be named {name!r}: skdeep embed writes a column of that name.")
+    return wanted
+
+
+def _check_ids(values: list, column: str) -> None:
+    seen: set = set()
+    for i, value in enumerate(values):
+        if value is None or value != value:  # None or NaN
+            raise UsageError(f"--id-column {column!r} is empty at row {i}; every row needs an id.")
+        if value in seen:
+            raise UsageError(
+                f"--id-column {column!r} holds {str(value)[:60]!r} twice (again at row {i}); ids must be unique."
+            )
+        seen.add(value)
+
+
+def embedding_provenance(encoder, *, kind: str, source: str | None = None, column: str | None = None) -> dict:
+    """What ``skdeep embed`` records in its Parquet output: model, fingerprint, settings, versions."""
+    from . import __version__
+
+    settings = {name: encoder._setting_value(name) for name in encoder._model_settings}
+    for name in ("normalize", "weights"):  # post-processing and weights: not in the backend's settings
+        if hasattr(encoder, name):
+            settings[name] = getattr(encoder, name)
+    cls = type(encoder)
+    return {
+        "skdeep_version": __version__,
+        "encoder": f"{cls.__module__}.{cls.__qualname__}",
+        "model": str(encoder.model),
+        "fingerprint": getattr(encoder, "model_fingerprint_", None),
+        "origin": getattr(encoder, "model_origin_", None),
+        "dim": getattr(encoder, "n_features_out_", None),
+        "kind": kind,
+        "settings": settings,
+        "input": None if source is None else os.path.basename(source),
+        "column": column,
+    }
 
 
 def cmd_embed(args) -> int:
-    _check_suffix(args.out, EMBED_OUTPUTS)
-    items, kind = read_inputs(args.input, column=args.column, kind=args.kind, recursive=args.recursive)
+    check_suffix(args.out, EMBED_OUTPUTS)
+    keep = _kept_columns(args)
+    inputs = read_inputs(args.input, column=args.column, kind=args.kind, recursive=args.recursive, keep=keep)
+    items, kind = inputs.items, inputs.kind
     if not items:
         raise UsageError(f"{args.input!r} holds no inputs.")
+    if args.id_column:
+        _check_ids(inputs.kept[args.id_column], args.id_column)
     encoder = _encoder_for(kind, args)
     if args.on_error == "skip" and Path(args.out).suffix.lower() != ".parquet":
         # A bare matrix could not say which rows are missing.
@@ -269,10 +192,14 @@ def cmd_embed(args) -> int:
         )
     n_inputs = len(items)
     if kind == "image":
-        vectors, items = _embed_images_reporting_failures(encoder, items, args.on_error)
+        vectors, rows = _embed_images_reporting_failures(encoder, items, args.on_error)
+        if len(rows) < n_inputs:
+            items = [items[i] for i in rows]
+            inputs.kept = {name: [values[i] for i in rows] for name, values in inputs.kept.items()}
     else:
         vectors = encoder.fit_transform(items)
-    write_embeddings(args.out, vectors, items, kind)
+    metadata = embedding_provenance(encoder, kind=kind, source=args.input, column=args.column)
+    write_embeddings(args.out, vectors, items, kind, inputs.kept, metadata)
     skipped = f" ({n_inputs - len(items)} of {n_inputs} images skipped)" if len(items) < n_inputs else ""
     print(f"Wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.out}{skipped}", file=sys.stderr)
     return 0
@@ -287,7 +214,7 @@ def _load_model(path: str, args):
 
 
 def _override_encoders(model, args) -> None:
-    from .serving import find_encoders
+    from .serving.inspect import find_encoders
 
     overrides = {
         "batch_size": getattr(args, "batch_size", None),
@@ -298,33 +225,37 @@ def _override_encoders(model, args) -> None:
         overrides["cache"] = None
     elif getattr(args, "cache", None) is not None:
         overrides["cache"] = args.cache
+    # The fitted encoders that run, wherever they sit (a ColumnTransformer keeps fitted clones).
     for _, encoder in find_encoders(model):
         encoder.set_params(**{k: v for k, v in overrides.items() if v is not None or k == "cache"})
 
 
 def cmd_predict(args) -> int:
-    from .serving import input_kind
+    from .serving.inspect import column_kinds, input_columns, input_kind
 
-    _check_suffix(args.out, PREDICT_OUTPUTS)
+    check_suffix(args.out, PREDICT_OUTPUTS)
     model = _load_model(args.model, args)
     try:
         kind = input_kind(model)
     except ValueError:
         kind = "auto"
-    items, _ = read_inputs(
-        args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind, recursive=args.recursive
-    )
-    if not items:
+    if kind == "table":
+        X = read_model_table(args.input, input_columns(model), column_kinds(model), args.column)
+    else:
+        X = read_inputs(
+            args.input, column=args.column, kind=args.kind if args.kind != "auto" else kind, recursive=args.recursive
+        ).items
+    if not len(X):
         raise UsageError(f"{args.input!r} holds no inputs.")
     _override_encoders(model, args)
     if args.proba:
         if not hasattr(model, "predict_proba"):
             raise UsageError(f"The model in {args.model!r} has no predict_proba; drop --proba.")
-        write_predictions(args.out, model.predict_proba(items), model.classes_)
+        write_predictions(args.out, model.predict_proba(X), model.classes_)
     else:
         if not hasattr(model, "predict"):
             raise UsageError(f"The model in {args.model!r} has no predict (is it a transformer? use its steps).")
-        write_predictions(args.out, model.predict(items))
+        write_predictions(args.out, model.predict(X))
     return 0
 
 
@@ -336,9 +267,6 @@ def cmd_serve(args) -> int:
     if args.api_key_file is not None and not Path(args.api_key_file).is_file():
         raise UsageError(f"API key file {args.api_key_file!r} does not exist.")
 
-    def listed(values):  # repeatable and comma-separated
-        return [v.strip() for value in values for v in value.split(",") if v.strip()] if values else None
-
     def seconds(value):  # 0 turns a time limit off
         return value or None
 
@@ -348,8 +276,8 @@ def cmd_serve(args) -> int:
         port=args.port,
         log_level=args.log_level,
         api_key_file=args.api_key_file,
-        allowed_origins=listed(args.allowed_origins),
-        allowed_hosts=listed(args.allowed_hosts),
+        allowed_origins=_listed(args.allowed_origins) or None,
+        allowed_hosts=_listed(args.allowed_hosts) or None,
         header_timeout=seconds(args.header_timeout),
         body_timeout=seconds(args.body_timeout),
         keep_alive_timeout=args.keep_alive_timeout,
@@ -378,6 +306,8 @@ def _format_info(info: dict) -> str:
         f"estimator:   {info['estimator']}",
         f"input:       {info['input_kind'] or 'unknown'}",
     ]
+    if info.get("input_columns"):
+        lines.append(f"columns:     {', '.join(info['input_columns'])}")
     if len(info["steps"]) > 1 or info["steps"][0]["name"] is not None:
         lines.append("steps:")
         lines += [f"  {i}. {s['name']}: {s['class']}" for i, s in enumerate(info["steps"])]
@@ -387,18 +317,25 @@ def _format_info(info: dict) -> str:
     lines.append(f"methods:     {', '.join(methods) or 'none'}")
     for enc in info["encoders"]:
         lines.append(f"encoder {enc['parameter'] or '(top level)'}: {enc['class']}")
+        if enc.get("columns"):
+            lines.append(f"  columns:     {', '.join(enc['columns'])}")
         lines.append(f"  model:       {enc['model']}")
         lines.append(f"  fingerprint: {enc['fingerprint']}")
         lines.append(f"  origin:      {enc['origin']}   weights bundled: {'yes' if enc['bundle_weights'] else 'no'}")
         lines.append(f"  dimension:   {enc['n_features_out']}")
     if info.get("trusted_types"):
         lines.append("types trusted beyond skops' defaults: " + ", ".join(info["trusted_types"]))
+    if info.get("requirements"):
+        lines.append("requirements: " + " ".join(info["requirements"]))
+        lines += [f"  note: {note}" for note in info.get("requirement_notes", ())]
     return "\n".join(lines) + "\n"
 
 
 def cmd_info(args) -> int:
+    import json
+
     from . import persistence
-    from .serving import describe
+    from .serving.inspect import describe
 
     model = _load_model(args.model, args)
     info = {"file": args.model, "size_bytes": Path(args.model).stat().st_size}
@@ -406,6 +343,10 @@ def cmd_info(args) -> int:
     if info["format"] == "skops":
         info["trusted_types"] = persistence._flagged_types(args.model)
     info.update(describe(model))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        info["requirements"] = persistence.pip_requirements(model)
+    info["requirement_notes"] = [_one_line(w.message) for w in caught if issubclass(w.category, UserWarning)]
     sys.stdout.write(json.dumps(info, indent=2) + "\n" if args.json else _format_info(info))
     return 0
 
@@ -488,13 +429,12 @@ def _non_negative_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import serving
-    from .image_io import DEFAULT_MAX_PIXELS
+    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="skdeep", description="Pretrained deep encoders as scikit-learn transformers: embed, predict, serve."
     )
-    parser.add_argument("--version", action="version", version=_version_line())
+    parser.add_argument("--version", action="version", version=f"skdeep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -505,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "input",
         metavar="INPUT",
-        help="text file (one text per line), '-' for stdin, .csv/.tsv/.parquet (with --column), or a folder of images",
+        help="text file (one text per line), '-' for stdin, .csv/.tsv/.parquet/.json/.jsonl (with --column), "
+        "or a folder of images",
     )
     p.add_argument(
         "--model", help="model name or folder (default: all-MiniLM-L6-v2 for text, efficientnet_lite0 for images)"
@@ -514,7 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="FILE",
-        help="output .npy (float32 matrix) or .parquet (input column plus an 'embedding' list column)",
+        help="output .npy (float32 matrix) or .parquet (kept columns, the input column and an 'embedding' "
+        "list column; its schema metadata records the model, its fingerprint and settings)",
+    )
+    p.add_argument(
+        "--id-column",
+        metavar="COL",
+        help="table inputs: copy this column (unique, non-empty ids) into the .parquet output, first",
+    )
+    p.add_argument(
+        "--keep-columns",
+        action="append",
+        metavar="COL[,COL...]",
+        help="table inputs: copy these columns into the .parquet output (repeatable)",
     )
     p.add_argument("--normalize", action="store_true", help="unit-length text embeddings")
     p.add_argument(
@@ -547,7 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a saved pipeline's predict (or predict_proba) on INPUT.",
     )
     p.add_argument("model", metavar="MODEL", help="a .skops or .joblib file")
-    p.add_argument("input", metavar="INPUT", help="as for 'skdeep embed'")
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="as for 'skdeep embed'; for a model fitted on a DataFrame, a .csv/.tsv/.parquet/.json/.jsonl "
+        "table holding the columns it was fitted on (see 'skdeep info')",
+    )
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -708,34 +666,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(message) -> str:
-    # Library messages may quote a decoder's multi-line text; a CLI error stays one line.
-    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+def _one_line(message, limit: int = MESSAGE_LIMIT) -> str:
+    # Library messages may quote a decoder's multi-line text, or a whole input: a CLI error stays one
+    # short line.
+    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _version_line() -> str:
-    from . import __version__
-
-    return f"skdeep {__version__}"
+def _expected_errors() -> tuple:
+    """Errors whose message says what to fix (exit status 2); imported only once one was raised."""
+    errors = [UsageError, FileNotFoundError, ImportError, ValueError, TypeError]
+    if "skdeep.persistence" in sys.modules:
+        errors.append(sys.modules["skdeep.persistence"].UntrustedTypesError)
+    return tuple(errors)
 
 
 def main(argv=None) -> int:
     """Entry point of the ``skdeep`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv == ["--version"]:
-        # Answered before building the parser, which imports the library (and torch): a second, not five.
-        print(_version_line())
-        return 0
-    from .persistence import UntrustedTypesError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as exc:
-        parser.exit(2, f"skdeep {args.command}: error: {_one_line(exc)}\n")
-    except (UntrustedTypesError, FileNotFoundError, ImportError, ValueError, TypeError) as exc:
+    # An except clause's tuple is evaluated only when an exception reaches it: nothing is imported before.
+    except _expected_errors() as exc:
         # Missing models, files or code, changed weights, invalid input: the message says what to fix.
         parser.exit(2, f"skdeep {args.command}: error: {_one_line(exc)}\n")
     except KeyboardInterrupt:

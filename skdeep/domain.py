@@ -21,6 +21,7 @@ the target domain (``transform_domain="target"``): it is then *not* mapped
 as if it were source data again.
 """
 
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -70,14 +71,16 @@ class _BaseDomainAdapter(DocLinkMixin, TransformerMixin, BaseEstimator):
 
     def _validate_source_and_target(self, X, X_target):
         # Covariances and principal axes need at least two samples per domain.
-        X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_min_samples=2)
+        with _explain_raw_inputs(self, X, "X"):
+            X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_min_samples=2)
         target, target_name = self._resolve_target(X, X_target)
-        X_target = check_array(
-            target,
-            dtype=FLOAT_DTYPES,
-            ensure_min_samples=2,
-            input_name=target_name,
-        )
+        with _explain_raw_inputs(self, target, target_name):
+            X_target = check_array(
+                target,
+                dtype=FLOAT_DTYPES,
+                ensure_min_samples=2,
+                input_name=target_name,
+            )
         if X_target.shape[1] != X.shape[1]:
             raise ValueError(
                 f"{target_name} has n_features={X_target.shape[1]} (shape "
@@ -171,7 +174,8 @@ class _BaseDomainAdapter(DocLinkMixin, TransformerMixin, BaseEstimator):
             Transformed data.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=FLOAT_DTYPES, reset=False)
+        with _explain_raw_inputs(self, X, "X"):
+            X = validate_data(self, X, dtype=FLOAT_DTYPES, reset=False)
         if self.transform_domain == "source":
             return self._map_source(X)
         return self._map_target(X)
@@ -180,6 +184,43 @@ class _BaseDomainAdapter(DocLinkMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _raw_example(data):
+    """The first text, path or bytes object in ``data``, or None (numeric features hold none)."""
+    try:
+        values = np.asarray(getattr(data, "values", data), dtype=object).ravel()
+    except (TypeError, ValueError):
+        return None
+    for value in values[:1000]:
+        if isinstance(value, (str, bytes, os.PathLike)):
+            return value
+    return None
+
+
+class _explain_raw_inputs:
+    """Turn "could not convert string to float" on raw texts or image paths into the pipeline to use."""
+
+    def __init__(self, adapter, data, name: str):
+        self.adapter, self.data, self.name = adapter, data, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or not issubclass(exc_type, (ValueError, TypeError)):
+            return False
+        example = _raw_example(self.data)
+        if example is None:
+            return False
+        cls = type(self.adapter).__name__
+        shown = repr(example[:40] if isinstance(example, (str, bytes)) else example)
+        raise ValueError(
+            f"{cls} works on numeric features, but {self.name} holds raw inputs (e.g. {shown}). Embed them "
+            "first, and give the target domain as embeddings of the same encoder: "
+            f"encoder = TextEncoder(...); make_pipeline(encoder, {cls}(target=encoder.fit_transform(target_texts)), "
+            "LogisticRegression()) (ImageEncoder for images)."
+        ) from exc
 
 
 def _symmetric_power(matrix, power):

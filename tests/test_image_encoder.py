@@ -65,7 +65,9 @@ def test_torchvision_output_and_feature_names(images):
 
 def test_timm_output_and_feature_names(images):
     enc = ImageEncoder(**TINY).fit(images)
-    assert enc.get_feature_names_out()[0] == "features_avg0"
+    # A timm model's own pre-logits by default (pooling="auto" -> "model"); the pooled feature map on request.
+    assert enc.get_feature_names_out()[0] == "pre_logits_0"
+    assert ImageEncoder(**TINY, pooling="avg").fit(images).get_feature_names_out()[0] == "features_avg0"
     assert enc.transform(images).shape == (5, enc.n_features_out_)
     assert enc.model_origin_ == "random-init"
 
@@ -251,10 +253,10 @@ def test_column_transformer_pipeline_and_pandas_output(files):
     pipe.fit(frame, y)
     assert pipe.predict(frame).shape == (10,)
     names = pipe[0].get_feature_names_out()
-    assert names[0] == "img__features_avg0" and names[-1] == "num__size"
+    assert names[0] == "img__pre_logits_0" and names[-1] == "num__size"
     enc = ImageEncoder(**TINY).set_output(transform="pandas")
     out = enc.fit_transform(pd.DataFrame({"image": files}, index=list("abcde")))
-    assert list(out.index) == list("abcde") and out.columns[0] == "features_avg0"
+    assert list(out.index) == list("abcde") and out.columns[0] == "pre_logits_0"
 
 
 def test_parameters_are_validated_in_fit(images):
@@ -440,7 +442,7 @@ def test_disk_cache_is_shared_and_keeps_compute_claims(tmp_path, files, broken):
 
 def test_unfitted_pandas_output_and_skip_with_an_index(files, broken):
     out = ImageEncoder(**TINY).set_output(transform="pandas").transform(pd.Series(files))
-    assert out.columns[0] == "features_avg0" and out.shape[0] == 5
+    assert out.columns[0] == "pre_logits_0" and out.shape[0] == 5
     skipper = ImageEncoder(**TINY, on_error="skip").set_output(transform="pandas")
     with pytest.warns(UnreadableImageWarning), pytest.raises(ValueError, match="on_error='zero'"):
         skipper.transform(pd.DataFrame({"image": broken}))

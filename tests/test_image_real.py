@@ -37,7 +37,8 @@ def test_lite0_classifies_chelsea_and_embeds_meaningfully():
     flipped = chelsea[:, ::-1]
     enc = ImageEncoder("efficientnet_lite0", cache=None)
     emb = enc.fit_transform([chelsea, cat_crop, flipped, data.coffee(), data.rocket()])
-    assert enc.n_features_out_ == 1280 and enc.get_feature_names_out()[0] == "features_avg0"
+    # timm's own head (pooling="auto" -> "model"): for EfficientNet-Lite0 the average of its last feature map.
+    assert enc.n_features_out_ == 1280 and enc.get_feature_names_out()[0] == "pre_logits_0"
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 3] + 0.3 and sim[0, 2] > sim[0, 4] + 0.3

@@ -25,7 +25,12 @@ from ..devices import autocast
 from ..image_io import ImageInput, UnreadableImageError
 from ..sources import ModelSource
 
-POOLING_MODES = ("avg", "max", "gem", "cls")
+#: "model": the model's own head up to its classifier (timm's ``forward_head(pre_logits=True)``, what
+#: ``timm.create_model(name, num_classes=0)`` returns; torchvision: the model with its last Linear layer
+#: removed). The others pool the chosen layers' feature maps or token sequences.
+POOLING_MODES = ("model", "avg", "max", "gem", "cls")
+#: Layer name of the model's own pre-logits features, in feature names ("pre_logits_0", ...).
+PRE_LOGITS = "pre_logits"
 GEM_P = 3.0
 # Trailing top-level children that are not the backbone: heads, pooling, and auxiliary classifiers.
 _HEAD_NAMES = {"fc", "classifier", "heads", "head", "dropout", "flatten", "aux1", "aux2", "AuxLogits"}
@@ -169,7 +174,7 @@ def _build_timm(source: ModelSource, image_size: int | None) -> nn.Module:
         if f"{head}.weight" in state:
             kwargs["num_classes"] = int(state[f"{head}.weight"].shape[0])
     try:
-        model = timm.create_model(arch, pretrained=False, **kwargs)
+        model = timm.create_model(arch, pretrained=False, **{**spec.model_args, **kwargs})
     except TypeError as exc:
         if "dynamic_img_size" not in kwargs:
             raise
@@ -228,8 +233,15 @@ def _check_layers(model: nn.Module, library: str, layers: list[str], arch: str) 
         )
 
 
-def _feature_body(model: nn.Module, library: str, layers: list[str] | None, arch: str):
+def _feature_body(model: nn.Module, library: str, layers: list[str] | None, arch: str, pooling: str = "avg"):
     """A module returning ``{layer name: tensor}`` and the names used in feature names."""
+    if pooling == "model":
+        if layers is not None:
+            raise ValueError(
+                f"pooling='model' runs {arch!r}'s own head on its last feature map, so it takes no layers "
+                f"(got layers={layers!r}); to embed from chosen layers use pooling='avg', 'max', 'gem' or 'cls'."
+            )
+        return _PreLogits(model, library, arch), [PRE_LOGITS]
     if layers is None:
         if library == "timm":
             return _TimmFeatures(model), ["features"]
@@ -256,6 +268,31 @@ class _TimmFeatures(nn.Module):
         if self.channels_last_output and out.ndim == 4:
             out = out.permute(0, 3, 1, 2)
         return {"features": out}
+
+
+class _PreLogits(nn.Module):
+    """The model's own pooling and head up to the classifier: what it would feed its last Linear layer."""
+
+    def __init__(self, model: nn.Module, library: str, arch: str):
+        super().__init__()
+        self.timm = library == "timm"
+        if not self.timm:
+            name, _ = _last_linear(model)
+            if name is None:
+                raise ValueError(
+                    f"pooling='model' removes the model's last Linear layer, but torchvision's {arch!r} has none; "
+                    "use pooling='avg', 'max' or 'gem'."
+                )
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        self.model = model
+
+    def forward(self, x):
+        if self.timm:
+            out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        else:
+            out = self.model(x)
+        return {PRE_LOGITS: out.flatten(1)}
 
 
 def _pool(t: torch.Tensor, mode: str, prefix_tokens: int) -> torch.Tensor:
@@ -331,7 +368,8 @@ class ImageBackend:
     precision : {"fp32", "fp16", "bf16"}
     layers : list of str or None
         Graph nodes / module names; None: the backbone's last feature map.
-    pooling : {"avg", "max", "gem", "cls"}
+    pooling : {"model", "avg", "max", "gem", "cls"}
+        Resolved (never "auto").
     image_size : int or None
         Side of the square crop; None keeps the weights' own.
     """
@@ -353,7 +391,7 @@ class ImageBackend:
             size = native.crop[0]
             raise ValueError(f"torchvision's {arch!r} takes only {size}x{size} inputs; leave image_size=None.")
         model = build_model(source, image_size)
-        body, names = _feature_body(model, library, list(layers) if layers is not None else None, arch)
+        body, names = _feature_body(model, library, list(layers) if layers is not None else None, arch, pooling)
         self.module = PooledFeatures(body, names, pooling, _prefix_tokens(model, library)).eval()
         self.module.to(device=device, memory_format=torch.channels_last)
         self._normalize = self.preprocess.normalizer(device)

@@ -24,12 +24,12 @@ Modules: :mod:`~skdeep.serving.inspect` (what a model is; no web imports),
 :func:`serve`), :mod:`~skdeep.serving.inputs`, :mod:`~skdeep.serving.errors`,
 :mod:`~skdeep.serving.security`, :mod:`~skdeep.serving.metrics`, :mod:`~skdeep.serving.transport`
 and :mod:`~skdeep.serving.limits`. FastAPI and uvicorn are imported only when an app is built or
-served (``pip install scikit-deep[serve]``).
+served (``pip install scikit-deep[serve]``). The names below are imported lazily (PEP 562): the limits are
+plain constants, so ``skdeep --help`` reads them without importing numpy or the model code.
 """
 
-from .app import create_app, serve
-from .batcher import BatchStats, ItemFailedError, MicroBatcher, QueueFullError
-from .inspect import describe, embedding_model, find_encoders, input_kind
+import importlib
+
 from .limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -73,3 +73,29 @@ __all__ = [
     "DEFAULT_MAX_WAIT_MS",
     "DEFAULT_TIMEOUT",
 ]
+
+_LAZY = {
+    "create_app": "app",
+    "serve": "app",
+    "BatchStats": "batcher",
+    "ItemFailedError": "batcher",
+    "MicroBatcher": "batcher",
+    "QueueFullError": "batcher",
+    "describe": "inspect",
+    "embedding_model": "inspect",
+    "find_encoders": "inspect",
+    "input_kind": "inspect",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -50,6 +50,7 @@ from .limits import (
 )
 from .metrics import Metrics
 from .security import LOOPBACK_HOSTS, SecurityMiddleware, check_host_patterns, check_origins, resolve_api_key
+from .tables import record_model, records_frame, table_columns, table_items, warm_table_encoders
 
 OPERATIONS = ("predict", "predict_proba", "transform")
 INPUT_KINDS = ("text", "image")
@@ -66,7 +67,13 @@ logger = logging.getLogger("skdeep.serving")
 # helpers
 
 
-def _model_runner(estimator, op: str) -> Callable[[list], Any] | None:
+def _check_finite(out: np.ndarray) -> None:
+    if out.dtype.kind in "fc" and not np.isfinite(out).all():
+        # Never a silent NaN in an answer; the batcher finds the input that causes it.
+        raise ValueError("the model produced NaN or infinite values for this input")
+
+
+def _model_runner(estimator, op: str, columns: list | None = None) -> Callable[[list], Any] | None:
     if op == "transform":
         target = embedding_model(estimator)
         fn = None if target is None else target.transform
@@ -76,10 +83,19 @@ def _model_runner(estimator, op: str) -> Callable[[list], Any] | None:
         return None
 
     def run(items: list):
-        out = np.asarray(fn(items))  # a DataFrame from set_output becomes rows we can slice
-        if out.dtype.kind in "fc" and not np.isfinite(out).all():
-            # Never a silent NaN in an answer; the batcher finds the input that causes it.
-            raise ValueError("the model produced NaN or infinite values for this input")
+        out = fn(items if columns is None else records_frame(items, columns))
+        if isinstance(out, list):
+            # Multi-output predict_proba: one (n, k_j) table per output -> one row (a tuple) per input.
+            tables = [np.asarray(t) for t in out]
+            for table in tables:
+                _check_finite(table)
+            if any(len(t) != len(items) for t in tables):
+                raise RuntimeError(
+                    f"The model returned tables of {[len(t) for t in tables]} rows for {len(items)} inputs."
+                )
+            return [tuple(t[i] for t in tables) for i in range(len(items))]
+        out = np.asarray(out)  # a DataFrame from set_output becomes rows we can slice
+        _check_finite(out)
         return out
 
     return run
@@ -93,6 +109,9 @@ def _warmup_inputs(kind: str) -> list:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (127, 127, 127)).save(buf, format="PNG")
     return [buf.getvalue()]
+
+
+_WHAT = {"text": "texts", "image": "base64 images", "table": "records (one object per row)"}
 
 
 def _missing_op_message(estimator, op: str) -> str:
@@ -235,7 +254,9 @@ def create_app(
     allowed_hosts : list of str, default=None
         Accepted ``Host`` header values (``*.example.com`` wildcards); None: any.
     input_kind_override : {"text", "image"}, default=None
-        What the model takes, when it has no skdeep encoder to tell.
+        What the model takes, when it has no skdeep encoder to tell. A model fitted on a DataFrame
+        (``feature_names_in_``) whose encoders read columns (a ColumnTransformer), or with several
+        columns, takes rows: ``{"records": [{"text": ..., "price": ...}, ...]}``.
     trusted : list of str, default=None
         Extra types to trust when loading a ``.skops`` file.
     allow_pickle : bool, default=False
@@ -272,6 +293,7 @@ def create_app(
     allowed_origins = check_origins(allowed_origins) if allowed_origins else None
     allowed_hosts = check_host_patterns(allowed_hosts) if allowed_hosts else None
     kind = input_kind_override or input_kind(model)
+    columns, text_columns = table_columns(model) if kind == "table" else (None, set())
     limits = Limits(
         max_body_bytes=max_body_bytes,
         max_items=max_items,
@@ -282,7 +304,7 @@ def create_app(
         max_queue=max_queue,
         timeout_s=timeout,
     )
-    runners = {op: _model_runner(model, op) for op in OPERATIONS}
+    runners = {op: _model_runner(model, op, columns) for op in OPERATIONS}
     endpoints = [f"/{op}" for op in OPERATIONS] + [f"/{op}/files" for op in OPERATIONS]
     metrics = Metrics(endpoints + ["/health", "/metadata", "/metrics", "/docs", "/openapi.json"])
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skdeep-model")
@@ -292,8 +314,8 @@ def create_app(
             executor,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
-            max_batch_cost=max_batch_chars if kind == "text" else max_batch_pixels,
-            padded_cost=kind == "text",
+            max_batch_cost=max_batch_pixels if kind == "image" else max_batch_chars,
+            padded_cost=kind != "image",
             max_queue=max_queue,
             on_call=metrics.call_observer(op),
         )
@@ -308,10 +330,20 @@ def create_app(
         for batcher in batchers.values():
             await batcher.start()
         if warmup:
-            sample = _warmup_inputs(kind)
             loop = asyncio.get_running_loop()
-            for run in (r for r in runners.values() if r is not None):
-                await loop.run_in_executor(executor, run, sample)
+            if kind == "table":
+                await loop.run_in_executor(executor, warm_table_encoders, model)
+            else:
+                sample = _warmup_inputs(kind)
+                for op, run in runners.items():
+                    if run is None:
+                        continue
+                    try:
+                        await loop.run_in_executor(executor, run, sample)
+                    except (AttributeError, NotImplementedError) as exc:
+                        # Advertised but not computable (e.g. a wrapper without probabilities): answer 404.
+                        logger.warning("/%s is not available: %s: %s", op, type(exc).__name__, short(exc, 200))
+                        await batchers.pop(op).stop()
         try:
             yield
         finally:
@@ -366,12 +398,22 @@ def create_app(
             list[StrictStr], Field(description="Images as base64 strings (data URLs allowed).", **items_field)
         ]
 
+    class TableRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        records: Annotated[
+            list[record_model(columns or [], text_columns, Text)],
+            Field(description="Rows, one object per sample, with the columns the model was fitted on.", **items_field),
+        ]
+
     class PredictResponse(BaseModel):
-        predictions: list[Any] = Field(description="One prediction per input.")
+        predictions: list[Any] = Field(description="One prediction per input (a list per input for multi-output).")
 
     class ProbaResponse(BaseModel):
         classes: list[Any] = Field(description="Class labels, the order of each row's probabilities.")
         probabilities: list[list[float]]
+
+    class MultiProbaResponse(BaseModel):
+        outputs: list[ProbaResponse] = Field(description="Multi-output models: one probability table per output.")
 
     class TransformResponse(BaseModel):
         embeddings: list[list[float]]
@@ -380,8 +422,13 @@ def create_app(
     class Health(BaseModel):
         status: str
 
-    request_model = TextRequest if kind == "text" else ImageRequest
-    response_models = {"predict": PredictResponse, "predict_proba": ProbaResponse, "transform": TransformResponse}
+    request_model = {"text": TextRequest, "image": ImageRequest, "table": TableRequest}[kind]
+    multi_output = isinstance(getattr(model, "classes_", None), list)
+    response_models = {
+        "predict": PredictResponse,
+        "predict_proba": MultiProbaResponse | ProbaResponse if multi_output else ProbaResponse,
+        "transform": TransformResponse,
+    }
     error_responses = {
         404: {"description": "The model has no such method"},
         413: {"description": "Body too large"},
@@ -390,12 +437,24 @@ def create_app(
         504: {"description": "Not answered within the server's time limit"},
     }
 
+    def proba_table(table: np.ndarray, classes) -> dict:
+        classes = None if classes is None else _plain(np.asarray(classes))
+        if not isinstance(classes, list) or table.ndim != 2 or len(classes) != table.shape[1]:
+            classes = list(range(table.shape[1] if table.ndim == 2 else 1))  # columns without labels
+        return {"classes": classes, "probabilities": table.astype(np.float64).tolist()}
+
     def package(op: str, out):
+        if op == "predict_proba" and isinstance(out, list):  # rows of a multi-output model: tuples
+            n_outputs = len(out[0]) if out else 0
+            labels = getattr(model, "classes_", None)
+            labels = labels if isinstance(labels, list) and len(labels) == n_outputs else [None] * n_outputs
+            tables = [np.stack([row[j] for row in out]) for j in range(n_outputs)]
+            return {"outputs": [proba_table(t, c) for t, c in zip(tables, labels)]}
         out = np.asarray(out)
         if op == "predict":
             return {"predictions": _plain(out)}
         if op == "predict_proba":
-            return {"classes": _plain(np.asarray(model.classes_)), "probabilities": out.tolist()}
+            return proba_table(out, getattr(model, "classes_", None))
         return {"embeddings": out.astype(np.float64).tolist(), "dim": int(out.shape[1]) if out.ndim == 2 else 1}
 
     def model_failure(op: str, exc: ItemFailedError, labels: list):
@@ -409,6 +468,10 @@ def create_app(
             else:  # an input-specific failure of an unexpected kind: worth a look, with its traceback
                 logger.warning("/%s: %s failed in the model alone", op, label, exc_info=error)
             return HTTPException(status_code=422, detail=short(f"{label} failed in the model: {message}"))
+        if isinstance(error, (AttributeError, NotImplementedError)):
+            # The method exists on the pipeline but its final estimator cannot compute it.
+            logger.warning("/%s: the model cannot compute it: %s", op, short(message, 200))
+            return HTTPException(status_code=404, detail=short(f"This model cannot compute {op}: {message}"))
         logger.error("/%s: the model failed on %s", op, label, exc_info=error)
         return HTTPException(status_code=500, detail=f"The model failed on {label}; the server log has the details.")
 
@@ -476,6 +539,8 @@ def create_app(
                 items = list(body.inputs)
                 labels = [f"inputs[{i}]" for i in range(len(items))]
                 costs = text_costs(items)
+            elif kind == "table":
+                items, labels, costs = table_items(body.records, columns, text_columns)
             else:
                 try:  # off the event loop: up to --max-body-bytes of base64 to decode
                     items, labels, costs = await run_in_threadpool(decode_and_probe, list(body.images))
@@ -488,7 +553,7 @@ def create_app(
             f"/{op}",
             response_model=response_models[op],
             include_in_schema=op in batchers,
-            summary=f"{op} on a JSON list of {'texts' if kind == 'text' else 'base64 images'}",
+            summary=f"{op} on a JSON list of {_WHAT[kind]}",
             responses=error_responses,
         )(endpoint)
 

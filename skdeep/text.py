@@ -349,6 +349,11 @@ class TextEncoder(BaseEncoder):
         settings["dtype"] = effective_dtype(dtype, device) if self.backend == "torch" else "float32"
         return settings
 
+    def _warn_unsupported_dtype(self) -> None:
+        dtype, _ = self._compute_and_output_precision()
+        if self.backend == "torch":
+            effective_dtype(dtype, resolve_device(self.device), warn=True)
+
     def _backend_key(self, source, device) -> tuple:
         return (*super()._backend_key(source, device), bool(self.trust_remote_code))
 
@@ -480,9 +485,11 @@ class TextEncoder(BaseEncoder):
             The fitted encoder.
         """
         self._check_params()
+        self._warn_unsupported_dtype()
         column = read_texts(X, self.missing)
         source = bundled_source(self._model_identity()) or self._resolve_source()
         backend = self._backend(source)
+        self._resolve_prompt(backend)  # an unknown prompt_name fails here, not in a later transform
         self.model_fingerprint_ = source.fingerprint
         self.model_origin_ = source.origin
         if column.name is not None:
@@ -519,6 +526,7 @@ class TextEncoder(BaseEncoder):
             ``precision``.
         """
         self._check_params()
+        self._warn_unsupported_dtype()
         column = read_texts(X, self.missing)
         vectors = self._embed(column, self._source())
         return self._finish(column, vectors, getattr(self, "quantization_ranges_", None))

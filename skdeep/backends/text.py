@@ -37,7 +37,7 @@ def effective_dtype(dtype: str, device: torch.device, *, warn: bool = False) -> 
     if device.type == "cpu":
         if warn and dtype in ("float16", "bfloat16"):
             warnings.warn(
-                f"dtype={dtype!r} is not supported on the CPU yet; computing in float32.", UserWarning, stacklevel=3
+                f"dtype={dtype!r} is not supported on the CPU yet; computing in float32.", UserWarning, stacklevel=4
             )
         return "float32"
     if dtype == "auto":
@@ -124,7 +124,7 @@ class SentenceTransformerBackend:
 
         self.source = source
         self.device = device
-        self.dtype = effective_dtype(dtype, device, warn=True)
+        self.dtype = effective_dtype(dtype, device)
         with quiet_loading():
             self.model = SentenceTransformer(
                 source.path,

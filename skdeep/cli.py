@@ -68,14 +68,21 @@ def _read_table(path: Path, column: str | None):
     if suffix == ".parquet":
         frame = pd.read_parquet(path)
     else:
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        # An empty cell is a missing value, as a null is in Parquet: both follow the encoder's --missing rule.
+        frame = pd.read_csv(
+            path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""]
+        )
     if column is None:
         if frame.shape[1] != 1:
             raise UsageError(f"{str(path)!r} has columns {list(frame.columns)!r}; choose one with --column.")
         column = frame.columns[0]
     if column not in frame.columns:
         raise UsageError(f"{str(path)!r} has no column {column!r}; its columns are {list(frame.columns)!r}.")
-    return frame[column].tolist()
+    return [None if _is_missing(v) else v for v in frame[column].tolist()]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ == "NAType"
 
 
 def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto",
@@ -101,7 +108,8 @@ def read_inputs(spec: str, *, column: str | None = None, kind: str = "auto",
         values = _read_table(path, column)
         if kind == "image":
             # Relative paths in a table are relative to the table's folder.
-            return [str((path.parent / str(v)).resolve()) if str(v) else str(v) for v in values], "image"
+            values = ["" if v is None else str(v) for v in values]
+            return [str((path.parent / v).resolve()) if v else v for v in values], "image"
         return values, "text"
     if column is not None:
         raise UsageError(f"--column applies to {', '.join(TABLE_SUFFIXES)} files, not {spec!r}.")
@@ -140,7 +148,9 @@ def write_embeddings(out: str, vectors: np.ndarray, items: list, kind: str) -> N
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
     table = pa.table(
         {
-            "text" if kind == "text" else "path": pa.array([str(x) for x in items], type=pa.string()),
+            "text" if kind == "text" else "path": pa.array(
+                [None if x is None else str(x) for x in items], type=pa.string()
+            ),
             "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
         }
     )
@@ -202,6 +212,10 @@ def _encoder_for(kind: str, args):
         cls = TextEncoder
         if args.normalize:
             params["normalize"] = True
+        params["missing"] = args.missing
+        for option in ("prompt", "truncate_dim", "long_text"):
+            if getattr(args, option) is not None:
+                params[option] = getattr(args, option)
         if args.weights is not None:
             raise UsageError("--weights applies to image models; for text models pass the model folder as --model.")
     else:
@@ -217,6 +231,9 @@ def _encoder_for(kind: str, args):
         params["on_error"] = args.on_error
         if args.max_pixels is not None:
             params["max_pixels"] = None if args.max_pixels == "none" else args.max_pixels
+        for option in ("prompt", "truncate_dim", "long_text"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} applies to text models.")
     if kind == "text" and args.on_error != "raise":
         raise UsageError("--on-error applies to images; an invalid text always stops with an error naming its row.")
     if kind == "text" and args.max_pixels is not None:
@@ -285,12 +302,15 @@ def _override_encoders(model, args) -> None:
         "device": getattr(args, "device", None),
         "show_progress": not args.no_progress if hasattr(args, "no_progress") else None,
     }
+    missing = getattr(args, "missing", None)
     if getattr(args, "no_cache", False):
         overrides["cache"] = None
     elif getattr(args, "cache", None) is not None:
         overrides["cache"] = args.cache
     for _, encoder in find_encoders(model):
         encoder.set_params(**{k: v for k, v in overrides.items() if v is not None or k == "cache"})
+        if missing is not None and "missing" in encoder.get_params(deep=False):
+            encoder.set_params(missing=missing)
 
 
 def cmd_predict(args) -> int:
@@ -394,6 +414,10 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--column", help="column to read from a CSV/TSV/Parquet input")
     p.add_argument("--kind", choices=("auto", "text", "image"), default="auto",
                    help="read INPUT as texts or images (default: image for folders, else text)")
+    p.add_argument("--missing", choices=("raise", "empty", "zero"), default="raise" if defaults else None,
+                   help="texts: what an empty CSV/TSV cell or a null Parquet cell becomes: 'raise' stops with an error "
+                   "naming the row, 'empty' embeds the empty text, 'zero' writes a row of zeros (default: "
+                   + ("raise)" if defaults else "as saved)") + "; blank lines of a text file are empty texts")
     p.add_argument("--recursive", action="store_true",
                    help="image folders: read the images in subfolders too (default: the folder's own files only, "
                    "as ImageEncoder().transform(folder) does); hidden files and symlinked folders are never read")
@@ -451,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy (float32 matrix) or .parquet "
                    "(input column plus an 'embedding' list column)")
     p.add_argument("--normalize", action="store_true", help="unit-length text embeddings")
+    p.add_argument("--prompt", help="text models: a prompt put before every text, e.g. 'query: '")
+    p.add_argument("--truncate-dim", type=_positive_int, metavar="K", help="text models: keep the first K dimensions")
+    p.add_argument("--long-text", choices=("truncate", "chunk"),
+                   help="text models: texts longer than the model's limit are truncated (default) or embedded in "
+                   "overlapping windows whose vectors are averaged")
     p.add_argument("--weights", help="image models: weights name or checkpoint file, or 'none' for a random "
                    "initialisation (default: the model's pretrained weights)")
     p.add_argument("--on-error", choices=("raise", "skip", "zero"), default="raise",

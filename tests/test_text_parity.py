@@ -186,7 +186,7 @@ def test_window_spans_cover_every_token_with_full_windows(n, window, overlap):
         covered[a:b] += 1
         assert b - a == min(window, n)
     assert covered.min() >= 1 and spans[0][0] == 0 and spans[-1][1] == n
-    for (a1, b1), (a2, _) in zip(spans, spans[1:]):
+    for (_, b1), (a2, _) in zip(spans, spans[1:]):
         assert b1 - a2 >= overlap  # neighbours share at least `overlap` tokens
 
 

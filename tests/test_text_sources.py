@@ -44,7 +44,9 @@ def split_model(tiny_text_model, tmp_path, monkeypatch):
     )
     monkeypatch.setitem(packaged.SPLIT_TEXT_MODELS, "tiny-split", model)
     installed = dict(model.parts)
-    monkeypatch.setattr(packaged, "_installed_part", lambda dist, rel: Path(installed[dist]) if dist in installed else None)
+    monkeypatch.setattr(
+        packaged, "_installed_part", lambda dist, rel: Path(installed[dist]) if dist in installed else None
+    )
     return pieces
 
 
@@ -57,7 +59,8 @@ def test_split_model_is_joined_checked_and_resolved_by_name(split_model, tiny_te
     assert source.fingerprint == fingerprint_path(tiny_text_model)
     texts = ["a good film", "bad"]
     np.testing.assert_array_equal(
-        TextEncoder("tiny-split", cache=None).fit_transform(texts), TextEncoder(tiny_text_model, cache=None).transform(texts)
+        TextEncoder("tiny-split", cache=None).fit_transform(texts),
+        TextEncoder(tiny_text_model, cache=None).transform(texts),
     )
     stamp = (folder / "modules.json").stat().st_mtime_ns
     assert resolve_text_model("tiny-split").path == str(folder)  # unpacked once, then reused

@@ -60,7 +60,8 @@ def resolve_cache(spec):
     spec : "auto", bool, None, str, os.PathLike or EmbeddingCache
         ``"auto"`` or True: the process-wide default cache, on disk at ``$SKDEEP_CACHE_DIR``
         when that environment variable is set, else in memory; in joblib worker processes, a
-        temporary disk cache shared by the workers of one parent (see :mod:`skdeep.cache._auto`). None or False: no caching.
+        temporary disk cache shared by the workers of one parent (see :mod:`skdeep.cache._auto`).
+        None or False: no caching.
         A path: a disk cache in that directory, one instance per resolved path per process.
         An :class:`EmbeddingCache`: itself.
 

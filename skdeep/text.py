@@ -10,6 +10,7 @@ import numpy as np
 
 from ._sklearn import Interval, StrOptions, _fit_context
 from ._text_input import MISSING_RULES, TextColumn, read_texts, validate_texts
+from ._text_keys import KeyedTexts
 from ._text_output import (
     CHUNK_POOLING_MODES,
     LEGACY_PRECISIONS,
@@ -391,31 +392,38 @@ class TextEncoder(BaseEncoder):
         return (prompts.get(default) or None) if default else None
 
     # ----------------------------------------------------------------- the model's output, through the cache
-    def _sequences(self, texts: list[str], backend, prompt):
-        """``(items for the model, owning text of each, payloads identifying them, extra key settings, tokenized)``."""
+    def _sequences(self, texts: list[str], source: ModelSource, backend, prompt):
+        """``(items for the model, their keys, owning text of each, KeyedTexts or None)``."""
+        settings = {**self._output_settings(source), "prompt": prompt}
         tokens = getattr(backend, "tokens", None)
         if tokens is not None:
-            tok = tokens(
-                texts, prompt=prompt, max_length=self.max_length, long_text=self.long_text, overlap=self.chunk_overlap
+            settings["input"] = "token-ids"
+            keyed = KeyedTexts(
+                texts,
+                tokens,
+                settings_namespace(settings),
+                prompt=prompt,
+                max_length=self.max_length,
+                long_text=self.long_text,
+                overlap=self.chunk_overlap,
             )
-            payloads = [np.asarray(seq, dtype=np.int32).tobytes() for seq in tok.sequences]
-            return tok.sequences, tok.owners, payloads, {"input": "token-ids"}, tok
+            return keyed.items, keyed.keys, keyed.owners, keyed
         if self.long_text == "chunk" or self.max_length is not None:
             raise ValueError(
                 f"long_text='chunk' and max_length need a model whose first module is a text Transformer with a "
                 f"tokenizer; {str(self.model)!r} is fed strings."
             )
+        settings["input"] = "text"
         items = [prompt + t for t in texts] if prompt else list(texts)
-        return items, np.arange(len(texts)), self._content_payloads(items), {"input": "text"}, None
+        keys = content_keys(settings_namespace(settings), self._content_payloads(items))
+        return items, keys, np.arange(len(texts)), None
 
     def _item_keys(self, X) -> list[bytes]:
         """The cache key of every sequence ``transform(X)`` would send to the model (for tests and diagnostics)."""
         source = self._source()
         backend = self._backend(source)
         prompt = self._resolve_prompt(backend)
-        _, _, payloads, extra, _ = self._sequences(read_texts(X, self.missing).texts, backend, prompt)
-        settings = {**self._output_settings(source), "prompt": prompt, **extra}
-        return content_keys(settings_namespace(settings), payloads)
+        return self._sequences(read_texts(X, self.missing).texts, source, backend, prompt)[1]
 
     def _embed(self, column: TextColumn, source: ModelSource) -> np.ndarray:
         """Float vectors of the present rows of ``column``: windows from the cache, truncated, pooled per text."""
@@ -429,17 +437,15 @@ class TextEncoder(BaseEncoder):
         width = min(dim, self.truncate_dim or dim)
         if not present:
             return np.zeros((0, width * len(modes)), dtype=np.float32)
-        items, owners, payloads, extra, tok = self._sequences(present, backend, prompt)
-        if tok is not None and tok.truncated and self.long_text == "truncate":
+        items, keys, owners, keyed = self._sequences(present, source, backend, prompt)
+        if keyed is not None and self.long_text == "truncate" and keyed.truncated:
             warnings.warn(
-                f"{tok.truncated} of {len(present)} texts are longer than {tok.limit} tokens and were truncated "
-                f"(the longest has {int(tok.lengths.max())}); pass long_text='chunk' to embed all of them.",
+                f"{keyed.truncated} of {len(present)} texts are longer than {keyed.limit} tokens and were truncated "
+                f"(the longest has {int(keyed.lengths.max())}); pass long_text='chunk' to embed all of them.",
                 TextTruncationWarning,
                 stacklevel=4,
             )
-        settings = {**self._output_settings(source), "prompt": prompt, **extra}
-        keys = content_keys(settings_namespace(settings), payloads)
-        prompt_length = backend.tokens.prompt(prompt)[1] if tok is not None and prompt else None
+        prompt_length = backend.tokens.prompt(prompt)[1] if keyed is not None and prompt else None
         vectors = encode_with_cache(
             items,
             keys,

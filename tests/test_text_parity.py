@@ -384,3 +384,22 @@ def test_model_kwargs_reach_the_model_and_the_key(tiny_text_model):
     backend = enc._backend(enc._source())
     assert backend.model[0].auto_model.config._attn_implementation == "eager"
     assert set(enc._item_keys(TEXTS)).isdisjoint(TextEncoder(tiny_text_model)._item_keys(TEXTS))
+
+
+def test_warm_transforms_do_not_tokenise_and_lazy_ids_fill_cache_misses(tiny_text_model, monkeypatch):
+    from skdeep.backends._tokens import TextTokenizer
+
+    texts = [f"review number {i}" for i in range(20)] + [LONG]
+    enc = TextEncoder(tiny_text_model, long_text="chunk", cache=EmbeddingCache())
+    first = enc.transform(texts)
+    calls = []
+    real_call = TextTokenizer.__call__
+    monkeypatch.setattr(
+        TextTokenizer, "__call__", lambda self, t, **kw: (calls.append(len(t)), real_call(self, t, **kw))[1]
+    )
+    np.testing.assert_array_equal(enc.transform(texts), first)
+    assert calls == []  # keys come from the per-process memo, vectors from the cache
+    # A new, empty cache: the memoised keys all miss, and the token ids are computed in one batch.
+    fresh = clone(enc).set_params(cache=EmbeddingCache())
+    np.testing.assert_allclose(fresh.transform(texts), first, atol=1e-6)
+    assert calls == [len(texts)]

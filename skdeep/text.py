@@ -313,7 +313,7 @@ class TextEncoder(BaseEncoder):
     _progress_desc = "Embedding texts"
     _progress_unit = "sequence"
 
-    def _compute_and_output_precision(self) -> tuple[str, str]:
+    def _compute_and_output_precision(self, *, warn: bool = False) -> tuple[str, str]:
         """``(dtype, precision)`` with the deprecated ``precision="fp16"`` etc. moved to ``dtype``."""
         if self.precision not in LEGACY_PRECISIONS:
             return self.dtype, self.precision
@@ -323,12 +323,14 @@ class TextEncoder(BaseEncoder):
                 f"precision={self.precision!r} (a compute precision, deprecated) conflicts with dtype={self.dtype!r}; "
                 "pass only dtype."
             )
+        if not warn:
+            return mapped, "float32"
         warnings.warn(
             f"precision={self.precision!r} is deprecated: precision now means the output quantisation, as in "
             f"sentence-transformers ('float32', 'int8', 'uint8', 'binary', 'ubinary'). Use dtype={mapped!r} for "
             "the compute dtype; precision='fp16'/'bf16'/'fp32' will be refused in a future release.",
             FutureWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return mapped, "float32"
 
@@ -340,7 +342,7 @@ class TextEncoder(BaseEncoder):
             raise ValueError(
                 f"Pass prompt or prompt_name, not both (got prompt={self.prompt!r}, prompt_name={self.prompt_name!r})."
             )
-        self._compute_and_output_precision()
+        self._compute_and_output_precision(warn=True)  # once per fit / transform
 
     def _output_settings(self, source: ModelSource) -> dict:
         settings = super()._output_settings(source)

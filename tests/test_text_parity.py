@@ -403,3 +403,24 @@ def test_warm_transforms_do_not_tokenise_and_lazy_ids_fill_cache_misses(tiny_tex
     fresh = clone(enc).set_params(cache=EmbeddingCache())
     np.testing.assert_allclose(fresh.transform(texts), first, atol=1e-6)
     assert calls == [len(texts)]
+
+
+def test_trust_remote_code_reaches_sentence_transformers_and_names_its_own_backend(tiny_text_model, monkeypatch):
+    import sentence_transformers
+
+    from skdeep.backends import clear_backends
+
+    seen = []
+    real = sentence_transformers.SentenceTransformer
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", recording)
+    clear_backends()
+    trusted = TextEncoder(tiny_text_model, trust_remote_code=True, cache=None)
+    plain = TextEncoder(tiny_text_model, cache=None)
+    np.testing.assert_array_equal(trusted.fit_transform(TEXTS), plain.fit_transform(TEXTS))
+    assert seen == [True, False]  # two backends: one loaded with remote code allowed, one without
+    assert trusted._item_keys(TEXTS) == plain._item_keys(TEXTS)  # the same weights give the same vectors

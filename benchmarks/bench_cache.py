@@ -32,7 +32,6 @@ HERE = Path(__file__).resolve().parent
 
 from skdeep import EmbeddingCache, TextEncoder  # noqa: E402
 from skdeep.datasets import fetch_rotten_tomatoes as load_rotten_tomatoes  # noqa: E402
-from skdeep.engine import content_keys, settings_namespace  # noqa: E402
 from skdeep.sources import resolve_text_model  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -102,10 +101,9 @@ def bench_grid(texts, labels, repeats=3, slow=True):
 
 
 def bench_warm(n_rows):
-    source = resolve_text_model(MODEL)
     enc = TextEncoder(MODEL)
     texts = [f"cached review number {i} with some words" for i in range(n_rows)]
-    keys = content_keys(settings_namespace(enc._output_settings(source)), [t.encode() for t in texts])
+    keys = enc._item_keys(texts)  # keyed by token ids (issue #14); memoised per process, like transform's
     vectors = np.random.default_rng(0).standard_normal((n_rows, 384)).astype(np.float32)
     results = []
     with tempfile.TemporaryDirectory() as d:

@@ -82,11 +82,17 @@ def _json_records(path: Path) -> list:
     return records
 
 
+def is_missing(value) -> bool:
+    """None, NaN or pandas' NA: a missing cell."""
+    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ == "NAType"
+
+
 def read_table(path: Path, text_columns=()):
     """A CSV / TSV / Parquet / JSON-records file as a DataFrame.
 
-    CSV columns in ``text_columns`` (or every column, when it is None) are read as strings, empty
-    cells as empty texts; the other columns get pandas' type inference, empty cells as missing.
+    CSV columns in ``text_columns`` (or every column, when it is None) are read as strings; the other
+    columns get pandas' type inference. An empty CSV cell is a missing value, as a null is in Parquet:
+    both follow the text encoder's ``missing`` rule (``--missing``).
     """
     import pandas as pd
 
@@ -97,7 +103,7 @@ def read_table(path: Path, text_columns=()):
         return pd.DataFrame.from_records(_json_records(path))
     sep = "\t" if suffix == ".tsv" else ","
     if text_columns is None:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     text = [c for c in header if c in set(text_columns)]
     return pd.read_csv(
@@ -105,7 +111,7 @@ def read_table(path: Path, text_columns=()):
         sep=sep,
         dtype={c: str for c in text},
         keep_default_na=False,
-        na_values={c: _NA_STRINGS for c in header if c not in text},
+        na_values={c: [""] if c in text else _NA_STRINGS for c in header},
     )
 
 
@@ -173,11 +179,12 @@ def read_inputs(
             column = next(c for c in frame.columns if c not in keep)
         _check_columns(path, frame, [column], "column")
         _check_columns(path, frame, list(keep), "column(s) to keep")
-        values = frame[column].tolist()
+        values = [None if is_missing(v) else v for v in frame[column].tolist()]
         kept = {c: frame[c].tolist() for c in keep}
         if kind == "image":
             # Relative paths in a table are relative to the table's folder.
-            return Inputs([str((path.parent / str(v)).resolve()) if str(v) else str(v) for v in values], "image", kept)
+            values = ["" if v is None else str(v) for v in values]
+            return Inputs([str((path.parent / v).resolve()) if v else v for v in values], "image", kept)
         return Inputs(values, "text", kept)
     if kind == "image":
         from .image_io import is_image_file_name
@@ -256,7 +263,8 @@ def write_embeddings(out: str, vectors, items: list, kind: str, kept: dict | Non
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
     columns = {name: _column_values(values) for name, values in (kept or {}).items()}
-    columns["text" if kind == "text" else "path"] = pa.array([str(x) for x in items], type=pa.string())
+    column = [None if x is None else str(x) for x in items]
+    columns["text" if kind == "text" else "path"] = pa.array(column, type=pa.string())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
     table = pa.table(columns)
     if metadata is not None:

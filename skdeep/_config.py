@@ -10,7 +10,10 @@ variable                    meaning
                             / OpenVINO models, backend choices. Default ``~/.cache/skdeep``.
 ``SKDEEP_CACHE_DIR``        Directory of the disk embedding cache that ``cache="auto"`` uses.
                             Unset: a memory-only cache per process.
-``SKDEEP_ALLOW_DOWNLOAD``   ``1`` lets skdeep ask the frameworks to download missing weights.
+``SKDEEP_ALLOW_DOWNLOAD``   Deprecated. Missing weights are downloaded unless ``HF_HUB_OFFLINE=1``
+                            (the Hugging Face convention) or ``local_files_only=True`` says not
+                            to; ``SKDEEP_ALLOW_DOWNLOAD=0`` / ``1`` still forbids / allows it, with
+                            a ``FutureWarning``.
 ``SKDEEP_ENCODE_LOG``       A file to which every process appends ``<n>`` for each batch of
                             ``n`` inputs that reaches a model: counts work across processes.
 ``SKDEEP_API_KEY``          Bearer token the HTTP server requires (``skdeep serve``), when no
@@ -46,9 +49,39 @@ def cache_dir() -> str | None:
     return os.environ.get(CACHE_DIR_ENV) or None
 
 
-def downloads_allowed() -> bool:
-    """Whether frameworks may download missing weights (``SKDEEP_ALLOW_DOWNLOAD=1``)."""
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "0").strip().lower() in _TRUE
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_warned_allow_download = False
+
+
+def offline() -> bool:
+    """Whether the environment says "no network" the Hugging Face way (``HF_HUB_OFFLINE=1``)."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in OFFLINE_ENVS)
+
+
+def downloads_allowed(local_files_only: bool = False) -> bool:
+    """Whether missing weights may be downloaded.
+
+    The ecosystem's convention: yes, unless ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``
+    (or ``TRANSFORMERS_OFFLINE=1``). The older ``SKDEEP_ALLOW_DOWNLOAD``, when set, still decides
+    (``0`` forbids, ``1`` allows) and warns that it is deprecated.
+    """
+    global _warned_allow_download
+    if local_files_only:
+        return False
+    legacy = os.environ.get(ALLOW_DOWNLOAD_ENV)
+    if legacy is not None and legacy.strip():
+        if not _warned_allow_download:
+            _warned_allow_download = True
+            import warnings
+
+            warnings.warn(
+                f"{ALLOW_DOWNLOAD_ENV} is deprecated and will be ignored in a future release: skdeep now "
+                "downloads missing weights unless HF_HUB_OFFLINE=1 is set or local_files_only=True is passed.",
+                FutureWarning,
+                stacklevel=3,
+            )
+        return legacy.strip().lower() in _TRUE
+    return not offline()
 
 
 def encode_log_path() -> str | None:

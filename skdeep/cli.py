@@ -74,6 +74,10 @@ def _encoder_for(kind: str, args):
         cls = TextEncoder
         if args.normalize:
             params["normalize"] = True
+        params["missing"] = args.missing
+        for option in ("prompt", "truncate_dim", "long_text"):
+            if getattr(args, option) is not None:
+                params[option] = getattr(args, option)
         if args.weights is not None:
             raise UsageError("--weights applies to image models; for text models pass the model folder as --model.")
     else:
@@ -89,6 +93,9 @@ def _encoder_for(kind: str, args):
         params["on_error"] = args.on_error
         if args.max_pixels is not None:
             params["max_pixels"] = None if args.max_pixels == "none" else args.max_pixels
+        for option in ("prompt", "truncate_dim", "long_text"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} applies to text models.")
     if kind == "text" and args.on_error != "raise":
         raise UsageError("--on-error applies to images; an invalid text always stops with an error naming its row.")
     if kind == "text" and args.max_pixels is not None:
@@ -221,6 +228,7 @@ def _override_encoders(model, args) -> None:
         "device": getattr(args, "device", None),
         "show_progress": not args.no_progress if hasattr(args, "no_progress") else None,
     }
+    missing = getattr(args, "missing", None)
     if getattr(args, "no_cache", False):
         overrides["cache"] = None
     elif getattr(args, "cache", None) is not None:
@@ -228,6 +236,8 @@ def _override_encoders(model, args) -> None:
     # The fitted encoders that run, wherever they sit (a ColumnTransformer keeps fitted clones).
     for _, encoder in find_encoders(model):
         encoder.set_params(**{k: v for k, v in overrides.items() if v is not None or k == "cache"})
+        if missing is not None and "missing" in encoder.get_params(deep=False):
+            encoder.set_params(missing=missing)
 
 
 def cmd_predict(args) -> int:
@@ -385,6 +395,15 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         help="read INPUT as texts or images (default: image for folders, else text)",
     )
     p.add_argument(
+        "--missing",
+        choices=("raise", "empty", "zero"),
+        default="raise" if defaults else None,
+        help="texts: what an empty CSV/TSV cell or a null Parquet cell becomes: 'raise' stops with an error "
+        "naming the row, 'empty' embeds the empty text, 'zero' writes a row of zeros (default: "
+        + ("raise)" if defaults else "as saved)")
+        + "; blank lines of a text file are empty texts",
+    )
+    p.add_argument(
         "--recursive",
         action="store_true",
         help="image folders: read the images in subfolders too (default: the folder's own files only, "
@@ -470,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="table inputs: copy these columns into the .parquet output (repeatable)",
     )
     p.add_argument("--normalize", action="store_true", help="unit-length text embeddings")
+    p.add_argument("--prompt", help="text models: a prompt put before every text, e.g. 'query: '")
+    p.add_argument("--truncate-dim", type=_positive_int, metavar="K", help="text models: keep the first K dimensions")
+    p.add_argument(
+        "--long-text",
+        choices=("truncate", "chunk"),
+        help="text models: texts longer than the model's limit are truncated (default) or embedded in "
+        "overlapping windows whose vectors are averaged",
+    )
     p.add_argument(
         "--weights",
         help="image models: weights name or checkpoint file, or 'none' for a random "

@@ -154,9 +154,10 @@ def is_skdeep_estimator_type(type_name: str) -> bool:
 
 #: Fully qualified names of skdeep's estimator types.
 #:
-#: What a ``.skops`` file of a skdeep pipeline holds beyond scikit-learn's types. :func:`load` trusts them already; pass this list wherever skops
-#: is called directly, e.g. ``mlflow.sklearn.log_model(pipe, ..., skops_trusted_types=TRUSTED_TYPES)``
-#: or ``skops.io.load(path, trusted=TRUSTED_TYPES)``. Kept equal to the estimator classes skdeep
+#: What a ``.skops`` file of a skdeep pipeline holds beyond scikit-learn's types. :func:`load`
+#: trusts them already; pass this list wherever skops is called directly, e.g.
+#: ``mlflow.sklearn.log_model(pipe, ..., skops_trusted_types=TRUSTED_TYPES)`` or
+#: ``skops.io.load(path, trusted=TRUSTED_TYPES)``. Kept equal to the estimator classes skdeep
 #: defines by a test.
 TRUSTED_TYPES = [
     "skdeep.domain.CORAL",

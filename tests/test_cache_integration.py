@@ -149,3 +149,78 @@ def test_cache_travels_with_clone_and_pickle_as_a_reference(tiny_text_model, tmp
     restored = pickle.loads(blob)
     assert str(restored.cache.directory) == cache_dir
     assert str(clone(enc).cache.directory) == cache_dir
+
+
+def test_parallel_grid_search_with_the_default_cache_embeds_each_text_once(tiny_text_model, encode_log):
+    from skdeep.cache import _auto
+
+    shared = _auto.session_dir()
+    texts, labels = _corpus(n=80, seed=11)
+    try:
+        # cache="auto" (the default): the loky workers share one temporary disk cache named after this
+        # process, and the refit here reads it, so 41 fits across 2 workers embed each text once.
+        grid = _grid(TextEncoder(tiny_text_model)).set_params(n_jobs=2).fit(texts, labels)
+        rows = _encoded_rows(encode_log)
+        assert sum(rows) == len(set(texts)), rows
+        assert shared.is_dir()
+        serial = _grid(TextEncoder(tiny_text_model, cache=None)).fit(texts, labels)
+        np.testing.assert_allclose(grid.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_stale_shared_directories_of_dead_parents_are_removed(tmp_path):
+    from skdeep.cache import _auto
+
+    root = _auto.session_dir().parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = root / f"{int(dead.stdout)}-123"
+    stale.mkdir()
+    alive = root / f"{os.getpid()}-{_auto._process_start(os.getpid())}"
+    alive.mkdir(exist_ok=True)
+    try:
+        _auto._swept = False
+        _auto._sweep(root)
+        assert not stale.exists() and alive.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(alive, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def test_grid_over_post_processing_embeds_each_text_once(tiny_text_model, encode_log):
+    texts, labels = _corpus(n=60, seed=12)
+    grid = GridSearchCV(
+        make_pipeline(TextEncoder(tiny_text_model, cache=EmbeddingCache()), LogisticRegression(max_iter=300)),
+        {
+            "textencoder__normalize": [False, True],
+            "textencoder__truncate_dim": [None, 8],
+            "textencoder__precision": ["float32", "int8", "binary"],
+        },
+        cv=3,
+    ).fit(texts, labels)
+    assert len(grid.cv_results_["params"]) == 12
+    # 12 candidates x 3 folds + refit, and fit() of int8 embeds too: still each text once.
+    assert sum(_encoded_rows(encode_log)) == len(set(texts))
+
+
+def test_grid_over_max_length_re_embeds_only_the_texts_it_cuts(tiny_text_model, encode_log):
+    from skdeep.text import TextEncoder as _TE
+
+    texts, labels = _corpus(n=60, seed=13)
+    texts = [t + " and more" * (12 if i % 5 == 0 else 0) for i, t in enumerate(texts)]  # 12 long texts
+    lengths = _TE(tiny_text_model)._backend(_TE(tiny_text_model)._source()).tokens(texts).lengths
+    n_longer = int((lengths > 16).sum())
+    assert 0 < n_longer < len(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GridSearchCV(
+            make_pipeline(TextEncoder(tiny_text_model, cache=EmbeddingCache()), LogisticRegression(max_iter=300)),
+            {"textencoder__max_length": [None, 16]},
+            cv=3,
+        ).fit(texts, labels)
+    # max_length=16 changes what the model sees only for texts longer than 16 tokens.
+    assert sum(_encoded_rows(encode_log)) == len(set(texts)) + n_longer

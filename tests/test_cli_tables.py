@@ -55,12 +55,15 @@ def test_predict_reads_the_fitted_columns_from_csv_parquet_and_json(table_pipe, 
         "in.json": lambda p: p.write_text(json.dumps({"records": NEW.to_dict(orient="records")})),
         "in.jsonl": lambda p: NEW.to_json(p, orient="records", lines=True),
     }
+    # An empty CSV cell is a missing value (as a null is in Parquet); --missing empty embeds it as "".
     for name, write in inputs.items():
         write(tmp_path / name)
-        assert main(["predict", str(table_model), str(tmp_path / name), "--no-progress"]) == 0, name
+        argv = ["predict", str(table_model), str(tmp_path / name), "--no-progress", "--missing", "empty"]
+        assert main(argv) == 0, name
         assert capsys.readouterr().out.splitlines() == expected, name
     out = tmp_path / "p.csv"
     argv = ["predict", str(table_model), str(tmp_path / "in.csv"), "--proba", "--out", str(out), "--no-progress"]
+    argv += ["--missing", "empty"]
     assert main(argv) == 0
     got = pd.read_csv(out)
     assert list(got.columns) == ["neg", "pos"]
@@ -80,7 +83,8 @@ def test_predict_errors_name_the_missing_columns_in_one_short_line(table_model, 
     assert code == 2 and "fitted on a table with the columns ['review', 'price', 'stars']" in err
     # An error quoting a huge input is cut short (the model reports the unconvertible value).
     NEW.assign(price=["x" * 20_000, "1", "2"]).to_csv(tmp_path / "long.csv", index=False)
-    code, err = _exit_code(["predict", str(table_model), str(tmp_path / "long.csv"), "--no-progress"], capsys)
+    argv = ["predict", str(table_model), str(tmp_path / "long.csv"), "--no-progress", "--missing", "empty"]
+    code, err = _exit_code(argv, capsys)
     assert code == 2 and "could not convert string to float" in err
     assert len(err) <= len("skdeep predict: error: \n") + MESSAGE_LIMIT
 
@@ -111,11 +115,14 @@ def test_embed_keeps_columns_and_records_provenance(tiny_text_model, tmp_path, c
     out = tmp_path / "emb.parquet"
     argv = ["embed", str(tmp_path / "in.csv"), "--column", "review", "--model", tiny_text_model]
     argv += ["--id-column", "id", "--keep-columns", "stars,price", "--out", str(out), "--no-progress", "--no-cache"]
+    argv += ["--missing", "empty"]  # the empty CSV cell of row 1 is a missing value: embed it as ""
     assert main(argv) == 0
     frame = pd.read_parquet(out)
     assert list(frame.columns) == ["id", "stars", "price", "text", "embedding"]
     assert frame["id"].tolist() == [7, 8, 9] and frame["id"].dtype == np.int64  # kept with its type
-    assert frame["price"].tolist() == [3.5, 10.0, 1.0] and frame["text"].tolist() == ["good movie", "", "12"]
+    assert frame["price"].tolist() == [3.5, 10.0, 1.0]
+    # The text column records the input as read: the missing cell stays missing (its row embeds "").
+    assert frame["text"].isna().tolist() == [False, True, False] and frame["text"][0] == "good movie"
     encoder = TextEncoder(tiny_text_model, cache=None).fit(["x"])
     np.testing.assert_allclose(
         np.stack(frame["embedding"].to_numpy()), encoder.transform(["good movie", "", "12"]), rtol=1e-5, atol=1e-6

@@ -71,28 +71,48 @@ def test_backend_returning_wrong_shape_is_an_error_not_a_silent_answer():
         encode_with_cache(["a", "b"], _keys(["a", "b"]), cache=None, encode_misses=lambda xs: np.zeros((1, 3)))
 
 
+SHORT = ["a good film", "bad"]
+LONG = ["the movie was bad, really bad and far too long for what it had to say about anything"]
+
+
 @pytest.mark.parametrize(
     "change, same_key",
     [
         ({"batch_size": 2}, True),
         ({"device": "cpu"}, True),
         ({"show_progress": True}, True),
-        # Normalisation is applied after the cache (a grid over it embeds nothing new; issue #14).
+        # Applied after the cache (a grid over them embeds nothing new; issue #14).
         ({"normalize": True}, True),
-        ({"max_length": 8}, False),
+        ({"truncate_dim": 8}, True),
+        ({"precision": "int8"}, True),
+        ({"precision": "binary"}, True),
+        ({"chunk_pooling": ("mean", "max")}, True),
+        ({"missing": "zero"}, True),
+        # Truncation is keyed by the token ids the model sees: short texts are unaffected.
+        ({"max_length": 16}, True),
+        # On a CPU, bf16 computes in float32 (for now): same vectors, same keys.
+        ({"dtype": "bfloat16"}, True),
         ({"pooling": "cls"}, False),
-        ({"precision": "bf16"}, False),
+        ({"prompt": "query: "}, False),
+        ({"backend": "onnx"}, False),
     ],
 )
 def test_only_output_changing_settings_change_the_key(tiny_text_model, change, same_key):
-    from skdeep.sources import resolve_text_model
+    import warnings
 
-    source = resolve_text_model(tiny_text_model)
     base = TextEncoder(tiny_text_model)
     other = TextEncoder(tiny_text_model, **change)
-    key_a = settings_namespace(base._output_settings(source))
-    key_b = settings_namespace(other._output_settings(source))
-    assert (key_a == key_b) is same_key
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert (base._item_keys(SHORT) == other._item_keys(SHORT)) is same_key
+
+
+def test_max_length_changes_the_keys_of_long_texts_only(tiny_text_model):
+    full = TextEncoder(tiny_text_model)._item_keys(SHORT + LONG)
+    cut = TextEncoder(tiny_text_model, max_length=16)._item_keys(SHORT + LONG)
+    assert full[:2] == cut[:2] and full[2] != cut[2]
+    # A limit above every text's length is the same input as no limit at all.
+    assert TextEncoder(tiny_text_model, max_length=60)._item_keys(SHORT + LONG) == full
 
 
 def test_text_encoder_uses_the_cache_and_matches_uncached_output(tiny_text_model):

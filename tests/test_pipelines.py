@@ -57,7 +57,8 @@ def test_column_transformer_on_a_dataframe_text_column(encoder):
     ct.set_output(transform="pandas")
     out = ct.fit_transform(frame, LABELS)
     assert out.shape == (len(TEXTS), 33)
-    assert "text__textencoder0" in out.columns and "num__length" in out.columns
+    # Output features are named after the input column (issue #14), as skrub names them.
+    assert "text__review_0" in out.columns and "num__length" in out.columns
     np.testing.assert_allclose(out.filter(like="text__").to_numpy(), encoder.transform(TEXTS), atol=1e-6)
     # A one-column list selection hands the encoder a DataFrame: same result.
     ct2 = ColumnTransformer([("text", encoder, ["review"])])

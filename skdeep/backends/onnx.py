@@ -201,7 +201,7 @@ def ensure_onnx_model(source: ModelSource, quantize: bool, load_transformer) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# pooling, as sentence-transformers' Pooling module computes it (padded batches, no prompts)
+# pooling, as sentence-transformers' Pooling module computes it (padded batches)
 
 
 def pool_tokens(tokens: np.ndarray, mask: np.ndarray, modes) -> np.ndarray:
@@ -241,7 +241,10 @@ def pool_tokens(tokens: np.ndarray, mask: np.ndarray, modes) -> np.ndarray:
 
 
 class OnnxTextBackend:
-    """Embed batches of strings with a sentence-transformers model run by ONNX Runtime on the CPU.
+    """Embed batches of token id sequences with a sentence-transformers model run by ONNX Runtime on the CPU.
+
+    Tokenisation (prompts, truncation, windows of long documents) is the encoder's, through
+    :attr:`tokens`, exactly as for the torch backend, so both backends see the same ids.
 
     Parameters
     ----------
@@ -249,10 +252,12 @@ class OnnxTextBackend:
         Where the model's files are; ``source.fingerprint`` names the exported file.
     quantize : bool, default=False
         Use the int8 dynamically quantised copy.
-    max_length : int or None
-        Tokens kept per text; None keeps the model's own limit.
     pooling : str or None
         Replaces the model's pooling; None keeps the model's own.
+    trust_remote_code : bool, default=False
+        Passed to ``SentenceTransformer`` when loading the model to export it.
+    model_kwargs : dict or None
+        Passed to ``SentenceTransformer`` when loading the model to export it.
 
     Attributes
     ----------
@@ -262,16 +267,30 @@ class OnnxTextBackend:
         The ONNX file in use.
     exported : bool
         Whether constructing this backend exported or quantised the file (False: reused).
+    tokens : TextTokenizer
+        The model's tokenizer.
+    prompts, default_prompt_name
+        The prompts the model's configuration declares, as for the torch backend.
     """
 
-    def __init__(self, source: ModelSource, *, quantize: bool = False, max_length=None, pooling=None):
+    def __init__(
+        self, source: ModelSource, *, quantize: bool = False, pooling=None, trust_remote_code=False, model_kwargs=None
+    ):
         import onnxruntime as ort
         from sentence_transformers import SentenceTransformer
+
+        from ._tokens import TextTokenizer
 
         self.source = source
         self.quantize = bool(quantize)
         with quiet_loading():
-            st_model = SentenceTransformer(source.path, device="cpu", local_files_only=True)
+            st_model = SentenceTransformer(
+                source.path,
+                device="cpu",
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                model_kwargs=dict(model_kwargs) if model_kwargs else None,
+            )
         modules = list(st_model)
         transformer = modules[0]
         if not hasattr(transformer, "auto_model") or getattr(transformer, "tokenizer", None) is None:
@@ -279,7 +298,10 @@ class OnnxTextBackend:
                 f"backend='onnx' supports sentence-transformers models that start with a Transformer module; "
                 f"{source.name!r} starts with {type(transformer).__name__}. Use backend='torch'."
             )
-        self._post = []  # ("pool", modes) / ("dense", torch module) / ("normalize", None), in model order
+        self.prompts = dict(getattr(st_model, "prompts", None) or {})
+        self.default_prompt_name = getattr(st_model, "default_prompt_name", None)
+        # ("pool", (modes, include_prompt)) / ("dense", torch module) / ("normalize", None), in model order
+        self._post = []
         for module in modules[1:]:
             kind = type(module).__name__
             if kind not in _SUPPORTED_AFTER_TRANSFORMER:
@@ -289,7 +311,7 @@ class OnnxTextBackend:
                 )
             if kind == "Pooling":
                 modes = pooling if pooling is not None else module.pooling_mode
-                self._post.append(("pool", modes))
+                self._post.append(("pool", (modes, getattr(module, "include_prompt", True))))
             elif kind == "Dense":
                 self._post.append(("dense", module.to("cpu").eval()))
             else:
@@ -301,8 +323,8 @@ class OnnxTextBackend:
 
         to_export = (transformer, _input_names(transformer))
         self.path, self.exported = ensure_onnx_model(source, self.quantize, lambda: to_export)
-        self.tokenizer = transformer.tokenizer
-        self.max_length = int(max_length) if max_length is not None else int(transformer.max_seq_length)
+        positions = getattr(transformer.auto_model.config, "max_position_embeddings", None)
+        self.tokens = TextTokenizer(transformer.tokenizer, int(transformer.max_seq_length), positions)
         # The exported graph is all we need from here on: drop the torch weights.
         del st_model, transformer, modules
         to_export = None  # noqa: F841 - drops the last reference to the torch module
@@ -312,25 +334,32 @@ class OnnxTextBackend:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self.session.get_inputs()]
-        self.dim = int(self.forward(["dimension probe"]).shape[1])
+        probe = self.tokens(["dimension probe"]).sequences
+        self.dim = int(self.forward(probe).shape[1])
+
+    @property
+    def max_length(self) -> int | None:
+        return self.tokens.model_limit
 
     @staticmethod
-    def size(text: str) -> int:
-        """Batches group texts of similar length (less padding)."""
-        return len(text)
+    def size(item) -> int:
+        """Batches group sequences of similar length (less padding)."""
+        return len(item)
 
-    def forward(self, texts: list[str]) -> np.ndarray:
-        """Embed one batch; returns float32 (len(texts), dim)."""
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
-        feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in self._inputs}
+    def forward(self, sequences: list, prompt_length: int | None = None) -> np.ndarray:
+        """Embed one batch of token id sequences; returns float32 (len(sequences), dim)."""
+        batch = self.tokens.pad(sequences)
+        feeds = {name: batch[name] if name in batch else np.zeros_like(batch["input_ids"]) for name in self._inputs}
         (tokens,) = self.session.run(None, feeds)
-        mask = np.asarray(batch["attention_mask"])
+        mask = batch["attention_mask"]
         x = None
         for step, arg in self._post:
             if step == "pool":
-                x = pool_tokens(tokens, mask, arg)
+                modes, include_prompt = arg
+                pool_mask = mask
+                if prompt_length and not include_prompt:
+                    pool_mask = _exclude_prompt(mask, prompt_length)
+                x = pool_tokens(tokens, pool_mask, modes)
             elif step == "dense":
                 import torch
 
@@ -339,3 +368,12 @@ class OnnxTextBackend:
             else:
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _exclude_prompt(mask: np.ndarray, prompt_length: int) -> np.ndarray:
+    """The attention mask without the first ``prompt_length`` real tokens of each row (left padding too)."""
+    out = mask.copy()
+    first = mask.argmax(axis=1)
+    positions = np.arange(mask.shape[1])[None, :]
+    out[(positions >= first[:, None]) & (positions < first[:, None] + prompt_length)] = 0
+    return out

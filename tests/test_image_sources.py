@@ -44,7 +44,7 @@ def test_missing_weights_say_what_was_looked_for(torch_home):
         resolve_image_model("resnet18", "DEFAULT")
     message = str(info.value)
     assert RESNET18_FILE in message and str(torch_home / "hub" / "checkpoints") in message
-    assert "SKDEEP_ALLOW_DOWNLOAD=1" in message and "efficientnet_lite0" in message and "weights=None" in message
+    assert "HF_HUB_OFFLINE" in message and "efficientnet_lite0" in message and "weights=None" in message
     with pytest.raises(ModelNotFoundError, match=r"Hugging Face cache for 'timm/test_resnet\.r160_in1k'"):
         resolve_image_model("timm:test_resnet", "DEFAULT")
     with pytest.raises(ValueError, match=r"valid names: \['DEFAULT', 'IMAGENET1K_V1'\]"):

@@ -152,7 +152,7 @@ def test_hf_hub_ids_load_offline_from_the_cache(hub):
 def test_hf_hub_errors(hub):
     with pytest.raises(ModelNotFoundError, match=re.escape(str(hub))) as info:
         ImageEncoder("hf-hub:acme/absent", cache=None).fit(IMAGES)
-    assert "SKDEEP_ALLOW_DOWNLOAD=1" in str(info.value) and "pretrained=True" in str(info.value)
+    assert "HF_HUB_OFFLINE" in str(info.value) and "pretrained=True" in str(info.value)
     with pytest.raises(ValueError, match="not a Hugging Face Hub id"):
         resolve_image_model("hf-hub:../etc/passwd")
     with pytest.raises(ValueError, match="names its weights already"):

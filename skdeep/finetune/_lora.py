@@ -125,7 +125,9 @@ def write_peft_folder(adapter: dict, target, base: str) -> None:
     config = LoraConfig(**adapter["config"])
     config.base_model_name_or_path = base
     config.save_pretrained(str(target))
-    (target / "adapter_model.safetensors").write_bytes(bytes(adapter["weights"]))
+    # peft names adapter weights from its PeftModel wrapper: ``base_model.model.<module>.lora_A.weight``.
+    weights = {f"base_model.model.{k}": v for k, v in bytes_to_tensors(adapter["weights"]).items()}
+    (target / "adapter_model.safetensors").write_bytes(tensors_to_bytes(weights))
 
 
 def adapter_nbytes(adapter: dict) -> int:

@@ -163,6 +163,8 @@ def set_trainable(model, groups: list[LayerGroup], n_unfrozen: int, *, only=None
     before fine-tuning. ``only`` (a predicate on parameter names) restricts training within the
     unfrozen stages (LoRA: the adapter weights only).
     """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -172,6 +174,13 @@ def set_trainable(model, groups: list[LayerGroup], n_unfrozen: int, *, only=None
         for name, p in g.named_parameters():
             if only is None or only(name):
                 p.requires_grad_(True)
+    if only is not None:
+        # Inside trained stages too, a batch norm whose weights stay frozen (LoRA trains adapters
+        # only) keeps its statistics.
+        for module in model.modules():
+            params = list(module.parameters(recurse=False))
+            if isinstance(module, _BatchNorm) and params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,7 +117,9 @@ def make_method(name: str, args, weights, seed: int):
         return make_pipeline(
             ImageEncoder("efficientnet_lite0", weights, **common),
             StandardScaler(),
-            LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, max_iter=1000, l1_ratios=(0.0,), use_legacy_attributes=False),
+            LogisticRegressionCV(
+                Cs=[0.01, 0.1, 1.0], cv=3, max_iter=1000, l1_ratios=(0.0,), use_legacy_attributes=False
+            ),
         )
     tuned = dict(
         max_epochs=args.epochs,
@@ -132,7 +134,9 @@ def make_method(name: str, args, weights, seed: int):
     if name == "gradual":
         return FineTunedImageClassifier("efficientnet_lite0", weights, unfreeze="gradual", **tuned)
     if name == "gradual-aug":
-        return FineTunedImageClassifier("efficientnet_lite0", weights, unfreeze="gradual", augment=args.augment, **tuned)
+        return FineTunedImageClassifier(
+            "efficientnet_lite0", weights, unfreeze="gradual", augment=args.augment, **tuned
+        )
     raise ValueError(name)
 
 
@@ -160,7 +164,8 @@ def markdown(summary: pd.DataFrame, title: str) -> str:
     for r in summary.itertuples():
         sd = "" if np.isnan(r.acc_sd) else f" ± {r.acc_sd:.3f}"
         lines.append(
-            f"| {LABELS[r.method]} | {r.per_class} | {r.acc_mean:.3f}{sd} | {r.n_seeds} | {r.fit_s:.1f} | {r.cpu_s:.1f} |"
+            f"| {LABELS[r.method]} | {r.per_class} | {r.acc_mean:.3f}{sd} | {r.n_seeds} "
+            f"| {r.fit_s:.1f} | {r.cpu_s:.1f} |"
         )
     return "\n".join(lines)
 
@@ -173,8 +178,14 @@ def plot(summary: pd.DataFrame, title: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, part in summary.groupby("method", sort=False):
-        ax.errorbar(part["per_class"], part["acc_mean"], yerr=part["acc_sd"].fillna(0), marker="o", capsize=3,
-                    label=LABELS[method])
+        ax.errorbar(
+            part["per_class"],
+            part["acc_mean"],
+            yerr=part["acc_sd"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=LABELS[method],
+        )
     ax.set_xscale("log")
     ax.set_xticks(sorted(summary["per_class"].unique()))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -240,7 +251,10 @@ def main(argv=None):
                     extra = ""
                     if hasattr(est, "history_"):
                         extra = f" epochs={est.n_epochs_} best={est.best_epoch_}"
-                    print(f"k={k} seed={seed} {LABELS[name]}: accuracy {accuracy:.3f}, fit {wall:.1f} s{extra}", flush=True)
+                    print(
+                        f"k={k} seed={seed} {LABELS[name]}: accuracy {accuracy:.3f}, fit {wall:.1f} s{extra}",
+                        flush=True,
+                    )
                     rows.append(dict(method=name, per_class=k, seed=seed, accuracy=accuracy, fit_s=wall, cpu_s=cpu))
     df = pd.DataFrame(rows)
     summary = summarise(df)

@@ -74,7 +74,9 @@ def recorder(monkeypatch):
                 "n": n_unfrozen,
                 "grad": {n for n, p in model.named_parameters() if p.requires_grad},
                 "bn_train": {
-                    n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                    n
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
                 },
                 "bn": {n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)},
             }
@@ -228,7 +230,9 @@ def test_skops_round_trip_with_a_delta_or_a_full_bundle(tmp_path, monkeypatch, e
 
     if everything_changed:  # a delta of every tensor is no smaller than the whole file: a bundle travels
         monkeypatch.setattr(image_module, "changed_tensors", lambda tuned, base: tuned)
-    clf = FineTunedImageClassifier("timm:test_vit", unfreeze="all", max_epochs=1, early_stopping=False, **FAST).fit(X, Y)
+    clf = FineTunedImageClassifier("timm:test_vit", unfreeze="all", max_epochs=1, early_stopping=False, **FAST).fit(
+        X, Y
+    )
     assert clf._payload["kind"] == ("full" if everything_changed else "delta")
     expected = clf.predict_proba(X)
     path = save(clf, tmp_path / "clf.skops")

@@ -40,7 +40,7 @@ def encode_targets(y, n_samples: int, what: str = "sample"):
         labels, inverse = np.unique(column, return_inverse=True)
         if len(labels) < 2:
             where = f" in task (column) {t}" if multi else ""
-            raise ValueError(f"y has a single class {labels[0]!r}{where}; fine-tuning needs at least 2 classes.")
+            raise ValueError(f"y has a single class {labels[0].item()!r}{where}; fine-tuning needs at least 2 classes.")
         codes.append(inverse.reshape(-1))
         classes.append(labels)
     return np.stack(codes, axis=1).astype(np.int64), classes, multi

@@ -155,13 +155,15 @@ def unfrozen_groups(unfreeze: str, epoch: int, n_groups: int, head_epochs: int, 
     return min(n_groups, 1 + (epoch - head_epochs) // stage_epochs)
 
 
-def set_trainable(model, groups: list[LayerGroup], n_unfrozen: int, *, only=None) -> None:
+def set_trainable(model, groups: list[LayerGroup], n_unfrozen: int, *, only=None, bn_stats: bool = True) -> None:
     """Let the top ``n_unfrozen`` stages train; freeze everything else and keep it in eval mode.
 
     Frozen stages are put in eval mode so that their batch-norm layers keep their running
     statistics (and their dropout is off): a frozen layer computes exactly what it computed
     before fine-tuning. ``only`` (a predicate on parameter names) restricts training within the
-    unfrozen stages (LoRA: the adapter weights only).
+    unfrozen stages (LoRA: the adapter weights only). ``bn_stats=False`` keeps every batch-norm
+    layer in eval mode, trained stages included: their scale and shift learn, their running
+    statistics stay the pretrained ones.
     """
     from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -174,12 +176,12 @@ def set_trainable(model, groups: list[LayerGroup], n_unfrozen: int, *, only=None
         for name, p in g.named_parameters():
             if only is None or only(name):
                 p.requires_grad_(True)
-    if only is not None:
-        # Inside trained stages too, a batch norm whose weights stay frozen (LoRA trains adapters
-        # only) keeps its statistics.
-        for module in model.modules():
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and module.training:
             params = list(module.parameters(recurse=False))
-            if isinstance(module, _BatchNorm) and params and not any(p.requires_grad for p in params):
+            # Inside trained stages too, a batch norm whose weights stay frozen (LoRA trains adapters
+            # only) keeps its statistics.
+            if not bn_stats or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

@@ -117,7 +117,9 @@ class TextAugmenter:
         self.n_swaps = int(n_swaps)
         self.synonyms = {str(k).lower(): list(v) for k, v in (synonyms or {}).items()}
         self.p_synonym = p_synonym
-        self.rng = random_state if isinstance(random_state, np.random.RandomState) else np.random.RandomState(random_state)
+        self.rng = (
+            random_state if isinstance(random_state, np.random.RandomState) else np.random.RandomState(random_state)
+        )
 
     def __call__(self, text: str) -> str:
         words = text.split()

@@ -119,6 +119,13 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         one, whose noisy gradients would distort the pretrained features. Costs one pass of the
         frozen backbone over the training images.
 
+    train_bn_stats : bool, default=False
+        Whether the batch-norm layers of unfrozen stages update their running statistics. False
+        keeps every batch norm in inference mode (its scale and shift still train), as Keras'
+        transfer-learning guide recommends for small data sets: the features do not jump when a
+        stage unfreezes, and small or unusual batches do not corrupt the pretrained statistics.
+        Frozen stages never update theirs.
+
     lora : bool, default=False
         Train LoRA adapters on the backbone's linear and convolution layers instead of its
         weights (``unfreeze`` then applies to the adapters). Only the adapters are pickled.
@@ -216,6 +223,7 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         "augment": [StrOptions(set(IMAGE_AUGMENTATIONS)), callable, None],
         "task_weights": ["array-like", None],
         "probe_init": ["boolean"],
+        "train_bn_stats": ["boolean"],
         "lora": ["boolean"],
         "lora_rank": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
@@ -251,6 +259,7 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         augment=None,
         task_weights=None,
         probe_init=True,
+        train_bn_stats=False,
         lora=False,
         lora_rank=8,
         early_stopping=True,
@@ -282,6 +291,7 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.augment = augment
         self.task_weights = task_weights
         self.probe_init = probe_init
+        self.train_bn_stats = train_bn_stats
         self.lora = lora
         self.lora_rank = lora_rank
         self.early_stopping = early_stopping
@@ -361,7 +371,9 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
             backend = ImageBackend(source, device, "fp32", None, self.pooling, self.image_size)
             augment = image_augmentation(self.augment, backend.preprocess.crop)
             pixels = self._decode(items, backend.preprocess, base_encoder._num_workers(len(items)))
-            heads, adapter = self._train(backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision)
+            heads, adapter = self._train(
+                backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision
+            )
 
         self.classes_ = classes if multi else classes[0]
         self.n_outputs_ = len(classes)
@@ -386,7 +398,9 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                 return torch.stack(list(pool.map(one, items)))
         return torch.stack([one(item) for item in items])
 
-    def _train(self, backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision):
+    def _train(
+        self, backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision
+    ):
         import torch
 
         features = backend.module
@@ -441,8 +455,12 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
             _training.set_trainable(root, groups, 0)
             frozen_train = embed_all(train_idx)
             _heads.fit_heads_lbfgs(
-                heads, frozen_train, codes_t[torch.as_tensor(train_idx, device=device)], weights_t,
-                self.label_smoothing, l2=PROBE_L2,
+                heads,
+                frozen_train,
+                codes_t[torch.as_tensor(train_idx, device=device)],
+                weights_t,
+                self.label_smoothing,
+                l2=PROBE_L2,
             )
         stopper = _training.EarlyStopping(self.n_iter_no_change)
         progress = _training.Progress(self.show_progress, self.max_epochs, "Fine-tuning")
@@ -459,7 +477,7 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                     frozen_train = embed_all(train_idx)
                 order = rng.permutation(len(train_idx))
                 losses = []
-                _training.set_trainable(root, groups, k, only=only)
+                _training.set_trainable(root, groups, k, only=only, bn_stats=self.train_bn_stats)
                 heads.train()
                 for s in range(0, len(order), self.batch_size):
                     pos = order[s : s + self.batch_size]
@@ -473,7 +491,11 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                         else:
                             feats = features(batch_pixels(train_idx[pos], True))
                         loss, _ = _heads.heads_loss(
-                            heads, feats, codes_t[torch.as_tensor(train_idx[pos], device=device)], weights_t, self.label_smoothing
+                            heads,
+                            feats,
+                            codes_t[torch.as_tensor(train_idx[pos], device=device)],
+                            weights_t,
+                            self.label_smoothing,
                         )
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
@@ -502,9 +524,16 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                     heads.eval()
                     with torch.no_grad():
                         val_codes = codes_t[torch.as_tensor(val_idx, device=device)]
-                        val_loss, logits = _heads.heads_loss(heads, val_feats, val_codes, weights_t, self.label_smoothing)
+                        val_loss, logits = _heads.heads_loss(
+                            heads, val_feats, val_codes, weights_t, self.label_smoothing
+                        )
                         score = float(
-                            np.mean([(out.argmax(1) == val_codes[:, t]).float().mean().item() for t, out in enumerate(logits)])
+                            np.mean(
+                                [
+                                    (out.argmax(1) == val_codes[:, t]).float().mean().item()
+                                    for t, out in enumerate(logits)
+                                ]
+                            )
                         )
                     record.update(val_loss=float(val_loss), val_score=score)
                     if stopper.update(epoch + 1, score, float(val_loss)):

@@ -265,5 +265,7 @@ def make_objective(loss: str, model, codes: np.ndarray, *, task_weights, batch_s
     kwargs = dict(batch_size=batch_size, pairs_per_sample=pairs_per_sample, device=device)
     if codes.ndim == 1:
         return OBJECTIVES[loss](model, n_classes=int(codes.max()) + 1, **kwargs)
-    objectives = [OBJECTIVES[loss](model, n_classes=int(codes[:, t].max()) + 1, **kwargs) for t in range(codes.shape[1])]
+    objectives = [
+        OBJECTIVES[loss](model, n_classes=int(codes[:, t].max()) + 1, **kwargs) for t in range(codes.shape[1])
+    ]
     return _MultiTask(objectives, task_weights)

@@ -302,7 +302,11 @@ class FineTunedTextClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             codes = codes[:, 0]
         rng = check_random_state(self.random_state)
         train_idx, val_idx = _training.validation_split(
-            codes if not multi else codes[:, 0], self.validation_fraction, rng, enabled=self.early_stopping, what="texts"
+            codes if not multi else codes[:, 0],
+            self.validation_fraction,
+            rng,
+            enabled=self.early_stopping,
+            what="texts",
         )
         augment = text_augmentation(self.augment, rng)
 

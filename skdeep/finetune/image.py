@@ -38,7 +38,9 @@ from .augment import IMAGE_AUGMENTATIONS, image_augmentation
 
 __all__ = ["FineTunedImageClassifier"]
 
-#: L2 penalty of the head's L-BFGS fit on frozen features (``probe_init``), on the mean loss.
+#: L2 penalties tried by the head's L-BFGS fit on frozen features (``probe_init``), on the mean loss;
+#: the best on the held-out images is kept (without them, PROBE_L2).
+PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 PROBE_L2 = 1e-3
 
 
@@ -114,10 +116,11 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         Weight of each task's loss for a 2-D ``y``; None weighs them equally.
 
     probe_init : bool, default=True
-        First fit the head(s) to convergence on the frozen features (full-batch L-BFGS; LP-FT,
-        Kumar et al., 2022), so that fine-tuning starts from a trained head instead of a random
-        one, whose noisy gradients would distort the pretrained features. Costs one pass of the
-        frozen backbone over the training images.
+        First fit the head(s) to convergence on the frozen features (full-batch L-BFGS, with the
+        L2 penalty that does best on the held-out images; LP-FT, Kumar et al., 2022), so that
+        fine-tuning starts from a trained head instead of a random one, whose noisy gradients
+        would distort the pretrained features. Costs one pass of the frozen backbone over the
+        training images.
 
     train_bn_stats : bool, default=False
         Whether the batch-norm layers of unfrozen stages update their running statistics. False
@@ -185,6 +188,8 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         early stopping), ``seconds``.
     best_epoch_ : int
         Epoch whose weights were kept.
+    probe_l2_ : float or None
+        L2 penalty of the head's first fit on frozen features (``probe_init``).
     layer_groups_ : list of list of str
         The backbone's stages, bottom first (what ``unfreeze`` counts).
     tuned_fingerprint_, base_fingerprint_ : str
@@ -450,18 +455,33 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                     out.append(features(batch_pixels(idx[s : s + self.batch_size], False)).float())
             return torch.cat(out) if out else torch.zeros(0, backend.dim, device=device)
 
+        def evaluate(val_feats):
+            """(mean accuracy over tasks, loss) of the heads on held-out features."""
+            heads.eval()
+            with torch.no_grad():
+                val_codes = codes_t[torch.as_tensor(val_idx, device=device)]
+                loss, logits = _heads.heads_loss(heads, val_feats, val_codes, weights_t, self.label_smoothing)
+                accuracies = [(out.argmax(1) == val_codes[:, t]).float().mean().item() for t, out in enumerate(logits)]
+            return float(np.mean(accuracies)), float(loss)
+
+        self.probe_l2_ = None
         if self.probe_init:
-            # LP-FT: the head(s) first learn to convergence on the frozen features.
+            # LP-FT: the head(s) first learn to convergence on the frozen features, with the L2
+            # penalty that does best on the held-out images.
             _training.set_trainable(root, groups, 0)
             frozen_train = embed_all(train_idx)
-            _heads.fit_heads_lbfgs(
-                heads,
-                frozen_train,
-                codes_t[torch.as_tensor(train_idx, device=device)],
-                weights_t,
-                self.label_smoothing,
-                l2=PROBE_L2,
-            )
+            train_codes = codes_t[torch.as_tensor(train_idx, device=device)]
+            frozen_val = embed_all(val_idx) if len(val_idx) else None
+            init = {n: v.clone() for n, v in heads.state_dict().items()}
+            best = None
+            for l2 in PROBE_L2_GRID if frozen_val is not None else (PROBE_L2,):
+                heads.load_state_dict(init)
+                _heads.fit_heads_lbfgs(heads, frozen_train, train_codes, weights_t, self.label_smoothing, l2=l2)
+                score, loss = evaluate(frozen_val) if frozen_val is not None else (0.0, 0.0)
+                if best is None or (score, -loss) > best[0]:
+                    best = ((score, -loss), l2, {n: v.clone() for n, v in heads.state_dict().items()})
+            heads.load_state_dict(best[2])
+            self.probe_l2_ = best[1]
         stopper = _training.EarlyStopping(self.n_iter_no_change)
         progress = _training.Progress(self.show_progress, self.max_epochs, "Fine-tuning")
         history, best_state, step, unfrozen = [], None, 0, None
@@ -521,22 +541,9 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
                         val_feats = frozen_val
                     else:
                         val_feats = embed_all(val_idx)
-                    heads.eval()
-                    with torch.no_grad():
-                        val_codes = codes_t[torch.as_tensor(val_idx, device=device)]
-                        val_loss, logits = _heads.heads_loss(
-                            heads, val_feats, val_codes, weights_t, self.label_smoothing
-                        )
-                        score = float(
-                            np.mean(
-                                [
-                                    (out.argmax(1) == val_codes[:, t]).float().mean().item()
-                                    for t, out in enumerate(logits)
-                                ]
-                            )
-                        )
-                    record.update(val_loss=float(val_loss), val_score=score)
-                    if stopper.update(epoch + 1, score, float(val_loss)):
+                    score, val_loss = evaluate(val_feats)
+                    record.update(val_loss=val_loss, val_score=score)
+                    if stopper.update(epoch + 1, score, val_loss):
                         best_state = (
                             {n: v.detach().clone() for n, v in root.state_dict().items()},
                             {n: v.detach().clone() for n, v in heads.state_dict().items()},

@@ -67,8 +67,8 @@ def recorder(monkeypatch):
     calls = []
     original = _training.set_trainable
 
-    def spy(model, groups, n_unfrozen, *, only=None):
-        original(model, groups, n_unfrozen, only=only)
+    def spy(model, groups, n_unfrozen, **kwargs):
+        original(model, groups, n_unfrozen, **kwargs)
         calls.append(
             {
                 "n": n_unfrozen,
@@ -88,7 +88,7 @@ def recorder(monkeypatch):
 
 @pytest.mark.parametrize("model", ["timm:test_resnet", "timm:test_efficientnet", "timm:test_vit"])
 def test_gradual_unfreezing_trains_exactly_the_top_stages(model, tmp_path, recorder):
-    params = dict(unfreeze="gradual", head_epochs=1, stage_epochs=1, early_stopping=False, **FAST)
+    params = dict(unfreeze="gradual", head_epochs=1, stage_epochs=1, early_stopping=False, train_bn_stats=True, **FAST)
     clf = FineTunedImageClassifier(model, max_epochs=3, **params).fit(X, Y)
     groups = clf.layer_groups_
     assert len(groups) >= 4
@@ -106,6 +106,16 @@ def test_gradual_unfreezing_trains_exactly_the_top_stages(model, tmp_path, recor
     # After training: the top two stages changed, every other tensor (BN statistics included) is bit-identical.
     _, touched = changed_groups(clf, tmp_path, model.removeprefix("timm:"))
     assert touched == {len(groups) - 2, len(groups) - 1}
+
+
+def test_by_default_batch_norm_statistics_never_move(tmp_path, recorder):
+    clf = FineTunedImageClassifier("timm:test_resnet", max_epochs=3, early_stopping=False, **FAST).fit(X, Y)
+    assert recorder and all(not call["bn_train"] for call in recorder)  # every BN in eval mode, always
+    changed, touched = changed_groups(clf, tmp_path, "test_resnet")
+    n = len(clf.layer_groups_)
+    assert touched == {n - 2, n - 1}
+    assert not any("running_" in k or "num_batches_tracked" in k for k in changed)
+    assert any(k.endswith("bn1.weight") or k.endswith("bn2.weight") for k in changed)  # BN scale still learns
 
 
 def test_each_extra_epoch_unfreezes_one_more_stage(tmp_path):

@@ -70,8 +70,8 @@ def test_image_lora_keeps_frozen_batch_norm_in_eval_mode(monkeypatch):
     modes = []
     original = _training.set_trainable
 
-    def spy(model, groups, n, *, only=None):
-        original(model, groups, n, only=only)
+    def spy(model, groups, n, **kwargs):
+        original(model, groups, n, **kwargs)
         modes.append([m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
         assert all(_lora.is_lora_param(name) for name, p in model.named_parameters() if p.requires_grad)
 

@@ -152,7 +152,9 @@ def text_augmentation(augment, rng):
     if augment is None:
         return None
     if isinstance(augment, TextAugmenter):
-        return augment
+        import copy
+
+        return copy.deepcopy(augment)  # a parameter is never changed by fit (its generator advances)
     if callable(augment):
         return _CheckedTextTransform(augment)
     if augment not in TEXT_AUGMENTATIONS:

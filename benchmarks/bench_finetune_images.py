@@ -171,7 +171,11 @@ def markdown(summary: pd.DataFrame, title: str) -> str:
 
 
 def plot(summary: pd.DataFrame, title: str, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # not a dependency of skdeep: the table and CSV are enough
+        print(f"matplotlib is not installed: no {path.name}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -271,7 +275,7 @@ def main(argv=None):
     out.with_suffix(".md").write_text(table + "\n")
     df.to_csv(out.with_suffix(".csv"), index=False)
     plot(summary, title, out.with_suffix(".png"))
-    print(f"saved {out.with_suffix('.md')}, .csv, .png")
+    print(f"saved {out.with_suffix('.md')} and .csv")
 
 
 if __name__ == "__main__":

@@ -336,6 +336,43 @@ def test_schedule_and_precision_helpers():
     assert _training.resolve_train_precision("auto", torch.device("cpu")) == "fp32"
     with pytest.raises(ValueError, match="needs a GPU"):
         _training.resolve_train_precision("fp16", torch.device("cpu"))
+    from skdeep.devices import cpu_supports_bf16
+
+    supported = cpu_supports_bf16()
+    if not supported:
+        with pytest.warns(RuntimeWarning, match="no native bf16"):
+            assert _training.resolve_train_precision("bf16", torch.device("cpu")) == "fp32"
+    else:
+        assert _training.resolve_train_precision("bf16", torch.device("cpu")) == "bf16"
+        # bf16 autocast on the CPU trains and stays deterministic.
+        a, b = (
+            FineTunedImageClassifier("timm:test_resnet", max_epochs=2, **{**FAST, "precision": "bf16"}).fit(X, Y)
+            for _ in range(2)
+        )
+        assert a.tuned_fingerprint_ == b.tuned_fingerprint_
+
+
+def test_cpu_supports_bf16_reads_the_cpu_flags(monkeypatch):
+    import builtins
+    import io
+
+    import torch
+
+    from skdeep.devices import cpu_supports_bf16
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    real_open = builtins.open
+    for flags, expected in (
+        ("fpu avx2 avx512f", False),
+        ("fpu avx512f avx512_bf16", True),
+        ("amx_bf16 amx_tile", True),
+    ):
+        monkeypatch.setattr(
+            builtins,
+            "open",
+            lambda path, *a, _f=flags, **k: io.StringIO(_f) if path == "/proc/cpuinfo" else real_open(path, *a, **k),
+        )
+        assert cpu_supports_bf16() is expected
 
 
 @pytest.mark.parametrize("check_name", INPUT_AGNOSTIC_CHECKS)

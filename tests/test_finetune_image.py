@@ -180,6 +180,12 @@ def test_learns_reproducibly_and_reports_history():
     assert a.get_feature_names_out()[0] == "finetunedimageclassifier0"
 
 
+def test_progress_bar_over_epochs_shows_the_validation_score(capsys):
+    FineTunedImageClassifier("timm:test_resnet", max_epochs=2, show_progress=True, **FAST).fit(X, Y)
+    err = capsys.readouterr().err
+    assert "Fine-tuning" in err and "2/2" in err and "val_score=" in err
+
+
 def test_early_stopping_stops_after_patience():
     clf = FineTunedImageClassifier(
         "timm:test_resnet", unfreeze="none", max_epochs=30, n_iter_no_change=2, **{**FAST, "learning_rate": 1e-6}

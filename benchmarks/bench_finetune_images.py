@@ -221,6 +221,7 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--label", default="", help="added to the title (e.g. 'CPU reduced run')")
     parser.add_argument("--out", default=str(RESULTS / "finetune_images"))
+    parser.add_argument("--append", action="store_true", help="keep other methods' rows of the CSV at --out")
     args = parser.parse_args(argv)
     if args.quick:
         args.per_class, args.seeds, args.epochs, args.image_size, args.n_test = "20", "0", 3, 32, 300
@@ -261,6 +262,12 @@ def main(argv=None):
                     )
                     rows.append(dict(method=name, per_class=k, seed=seed, accuracy=accuracy, fit_s=wall, cpu_s=cpu))
     df = pd.DataFrame(rows)
+    out = Path(args.out)
+    if args.append and out.with_suffix(".csv").is_file():
+        # Re-run some methods only: keep the other methods' rows of the earlier run.
+        earlier = pd.read_csv(out.with_suffix(".csv"))
+        df = pd.concat([earlier[~earlier["method"].isin(methods)], df], ignore_index=True)
+    df = df.sort_values(["per_class", "method"], key=lambda c: c.map(METHODS.index) if c.name == "method" else c)
     summary = summarise(df)
     label = f" ({args.label})" if args.label else ""
     title = (
@@ -270,7 +277,6 @@ def main(argv=None):
     )
     table = markdown(summary, title)
     print(table)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table + "\n")
     df.to_csv(out.with_suffix(".csv"), index=False)

@@ -4,7 +4,8 @@ Images: torchvision's ``transforms.v2`` presets applied to each training image (
 shape (3, h, w), already resized and cropped as the model's weights expect), with a fresh draw per
 image and epoch:
 
-* ``"light"``: random resized crop (scale 0.5 to 1, aspect 3/4 to 4/3) and horizontal flip;
+* ``"light"``: random crop after reflection padding by 1/8 of the side (shifts of up to 12.5%, the
+  classic CIFAR recipe) and horizontal flip;
 * ``"trivialaugment"``, ``"randaugment"``, ``"autoaugment"``: ``"light"`` followed by that policy
   (TrivialAugmentWide, RandAugment, AutoAugment with the ImageNet policy);
 * any callable taking and returning such a tensor (e.g. a ``v2.Compose``).
@@ -53,8 +54,9 @@ def image_augmentation(augment, size):
         raise ValueError(f"augment={augment!r} is not one of {IMAGE_AUGMENTATIONS}, a callable or None.")
     from torchvision.transforms import v2
 
+    pad = max(1, min(size) // 8)
     steps = [
-        v2.RandomResizedCrop(tuple(size), scale=(0.5, 1.0), antialias=True),
+        v2.RandomCrop(tuple(size), padding=pad, padding_mode="reflect"),
         v2.RandomHorizontalFlip(),
     ]
     if augment == "trivialaugment":

@@ -84,7 +84,7 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--per-class", default="100")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--augment", default=None, help="augmentation preset of the fine-tuned models")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-test", type=int, default=2000)

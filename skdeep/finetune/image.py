@@ -84,8 +84,9 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         the top every ``stage_epochs`` epochs. ``"all"``: every layer from the start. ``"none"``: the
         head alone (a linear probe trained by gradient descent, with augmentation if asked).
 
-    max_epochs : int, default=10
-        Passes over the training images.
+    max_epochs : int, default=20
+        Passes over the training images. With ``unfreeze="gradual"``, a backbone of 9 stages
+        (EfficientNet) is fully unfrozen after 10 epochs; the rest tune everything together.
 
     head_epochs : int, default=1
         ``unfreeze="gradual"``: epochs of head-only training before the first stage unfreezes.
@@ -253,7 +254,7 @@ class FineTunedImageClassifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin
         weights="DEFAULT",
         *,
         unfreeze="gradual",
-        max_epochs=10,
+        max_epochs=20,
         head_epochs=1,
         stage_epochs=1,
         batch_size=32,

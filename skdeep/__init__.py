@@ -14,6 +14,7 @@ _EXPORTS = {
     "EmbeddingCache": "cache",
     "ZeroShotClassifier": "zero_shot",
     "FineTunedTextClassifier": "finetune",
+    "FineTunedImageClassifier": "finetune",
     "CORAL": "domain",
     "SubspaceAlignment": "domain",
     "save": "persistence",

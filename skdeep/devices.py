@@ -113,3 +113,22 @@ def run_in_batches(encode_batch, items, batch_size: int, *, on_batch_done=None):
         if on_batch_done is not None:
             on_batch_done(len(chunk))
     return outputs
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so that bf16 autocast can pay off.
+
+    Reads PyTorch's detected CPU capability and, on Linux, the CPU flags (``avx512_bf16``,
+    ``amx_bf16``). Without native support PyTorch still runs bf16, but emulated and slower than fp32.
+    """
+    capability = ""
+    with contextlib.suppress(Exception):
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "AMX" in capability:
+        return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -575,7 +575,7 @@ class BaseEncoder(DocLinkMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixi
 
     # ----------------------------------------------------------------- persistence by reference
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ may return the live __dict__
         if getattr(self, "bundle_weights", False):
             state["_skdeep_bundle"] = bundle_state(self._source())
         return state

@@ -162,6 +162,7 @@ def is_skdeep_estimator_type(type_name: str) -> bool:
 TRUSTED_TYPES = [
     "skdeep.domain.CORAL",
     "skdeep.domain.SubspaceAlignment",
+    "skdeep.finetune.image.FineTunedImageClassifier",
     "skdeep.finetune.text.FineTunedTextClassifier",
     "skdeep.image.ImageEncoder",
     "skdeep.text.TextEncoder",

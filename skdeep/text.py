@@ -529,7 +529,7 @@ class TextEncoder(BaseEncoder):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, n_features_out)
             One embedding per input, in input order: float32, or int8 / uint8 for a quantised
             ``precision``.
         """
@@ -551,7 +551,7 @@ class TextEncoder(BaseEncoder):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, n_features_out)
             One embedding per input, in input order.
         """
         return self.fit(X, y).transform(X)
@@ -568,6 +568,7 @@ class TextEncoder(BaseEncoder):
         Returns
         -------
         feature_names_out : ndarray of str objects
+            One name per output column.
         """
         if input_features is not None and len(input_features) == 1:
             name = str(input_features[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LOSSES", "OBJECTIVES", "make_pairs"]
+__all__ = ["LOSSES", "OBJECTIVES", "make_objective", "make_pairs"]
 
 #: Margin of the triplet loss, on the scale of Euclidean distances between unit vectors (0 to 2).
 TRIPLET_MARGIN = 0.5
@@ -201,3 +201,71 @@ class _Softmax(_Objective):
 #: The objective of each ``loss`` name.
 OBJECTIVES = {"cosine": _CosinePairs, "pairwise": _Pairwise, "triplet": _BatchAllTriplet, "softmax": _Softmax}
 LOSSES = tuple(OBJECTIVES)
+
+
+class _MultiTask:
+    """Several tasks (columns of a 2-D ``y``) on one encoder: the weighted sum of one objective per task.
+
+    Batch-of-texts objectives (``"pairwise"``, ``"triplet"``, ``"softmax"``) embed each batch once
+    and add up every task's loss on it. SetFit's pairs (``"cosine"``) are drawn per task (a pair is
+    similar for one task and not for another), tagged with their task and shuffled together; each
+    batch's loss is weighted by its task's weight.
+
+    Parameters
+    ----------
+    objectives : list of _Objective
+        One per task.
+    task_weights : sequence of float
+    """
+
+    def __init__(self, objectives, task_weights):
+        self.objectives = list(objectives)
+        self.task_weights = [float(w) for w in task_weights]
+        self.pairs = isinstance(self.objectives[0], _CosinePairs)
+
+    def epoch_batches(self, codes, rng):
+        if not self.pairs:
+            return self.objectives[0].epoch_batches(codes[:, 0], rng)
+        batches = [
+            (t, *batch)
+            for t, objective in enumerate(self.objectives)
+            if self.task_weights[t] > 0
+            for batch in objective.epoch_batches(codes[:, t], rng)
+        ]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def batch_loss(self, embed, batch, texts, codes):
+        import torch
+
+        if self.pairs:
+            t, *rest = batch
+            return self.task_weights[t] * self.objectives[t].batch_loss(embed, tuple(rest), texts, codes[:, t])
+        (idx,) = batch
+        emb = embed([texts[i] for i in idx])
+        labels = torch.as_tensor(codes[idx], device=emb.device)
+        return sum(
+            w * objective.loss_from_embeddings(emb, labels[:, t])
+            for t, (objective, w) in enumerate(zip(self.objectives, self.task_weights))
+            if w > 0
+        )
+
+    def validation_loss(self, embed_all, val_texts, val_codes, ref_texts, ref_codes) -> float:
+        return sum(
+            w * objective.validation_loss(embed_all, val_texts, val_codes[:, t], ref_texts, ref_codes[:, t])
+            for t, (objective, w) in enumerate(zip(self.objectives, self.task_weights))
+            if w > 0
+        )
+
+    def parameters(self) -> list:
+        return [p for objective in self.objectives for p in objective.parameters()]
+
+
+def make_objective(loss: str, model, codes: np.ndarray, *, task_weights, batch_size, pairs_per_sample, device):
+    """The objective of ``loss`` for integer ``codes``: 1-D (one task) or 2-D (one column per task)."""
+    kwargs = dict(batch_size=batch_size, pairs_per_sample=pairs_per_sample, device=device)
+    if codes.ndim == 1:
+        return OBJECTIVES[loss](model, n_classes=int(codes.max()) + 1, **kwargs)
+    objectives = [
+        OBJECTIVES[loss](model, n_classes=int(codes[:, t].max()) + 1, **kwargs) for t in range(codes.shape[1])
+    ]
+    return _MultiTask(objectives, task_weights)

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -30,20 +29,19 @@ from sklearn.base import (
     clone,
 )
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedShuffleSplit
-from sklearn.preprocessing import LabelEncoder
+from sklearn.multioutput import MultiOutputClassifier
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn import DocLinkMixin, HasMethods, Interval, StrOptions, _fit_context
 from ..backends import quiet_loading
 from ..devices import resolve_device
-from ..sources import ModelSource, fingerprint_path, register_model, resolve_text_model
+from ..sources import FingerprintMismatchError, ModelSource, fingerprint_path, register_model, resolve_text_model
 from ..text import TextEncoder, validate_texts
-from .objectives import LOSSES, OBJECTIVES
-
-TUNED_PREFIX = "finetuned:"
+from . import _heads, _lora, _training
+from ._weights import TUNED_PREFIX
+from .augment import TEXT_AUGMENTATIONS, TextAugmenter, text_augmentation
+from .objectives import LOSSES, make_objective
 
 
 def _encoder_layers(auto_model):
@@ -107,14 +105,26 @@ class FineTunedTextClassifier(
         frozen). None trains all weights. Ignored with ``lora=True``.
 
     lora : bool, default=False
-        Train low-rank adapters (``peft``) on every linear layer instead of the weights; they are
-        merged into the weights after training, so inference costs nothing extra.
+        Train low-rank adapters (``peft``) on every linear layer instead of the weights. The
+        adapters stay adapters: a pickle holds them (a few hundred kilobytes), the peft config and
+        a reference to the base model, never the merged weights. Inference runs on the weights
+        with the adapters merged in (no extra cost per text), rebuilt from the base model and the
+        adapters after fitting and again when a pickle is loaded, and checked against the
+        fingerprint recorded at fit. :meth:`save_adapter` writes them as a peft adapter folder.
 
     lora_rank : int, default=8
         Rank of the LoRA adapters.
 
+    augment : {"delete", "swap", "eda"}, TextAugmenter, callable or None, default=None
+        Random label-preserving edits of the training texts each time they are embedded for
+        training (see :mod:`skdeep.finetune.augment`); never applied to validation, ``transform``
+        or ``predict``. Presets draw from ``random_state``.
+
+    task_weights : array-like of shape (n_tasks,), default=None
+        For a 2-D ``y``: weight of each task's loss (None: equal).
+
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the texts (stratified); every ``eval_every`` steps
+        Hold out ``validation_fraction`` of the texts (stratified on the first task); every ``eval_every`` steps
         measure the loss on them and keep the best weights; stop after ``n_iter_no_change``
         evaluations without improvement. Needs at least 2 texts per class in the training part;
         otherwise a warning is given and all texts are used for training.
@@ -148,7 +158,12 @@ class FineTunedTextClassifier(
 
     Attributes
     ----------
-    classes_ : ndarray of shape (n_classes,)
+    classes_ : ndarray of shape (n_classes,), or list of ndarray for a 2-D ``y``
+    n_outputs_ : int
+        Number of tasks (columns of ``y``); with several, ``head_`` is a
+        :class:`~sklearn.multioutput.MultiOutputClassifier` and ``predict`` returns one column per task.
+    adapter_ : dict or None
+        With ``lora=True``: the trained LoRA adapter (``config`` and safetensors ``weights``).
     encoder_ : TextEncoder
         Encoder of the tuned weights; its ``model`` is ``"finetuned:<fingerprint>"``.
     head_ : classifier
@@ -201,6 +216,8 @@ class FineTunedTextClassifier(
         "unfreeze_layers": [Interval(Integral, 1, None, closed="left"), None],
         "lora": ["boolean"],
         "lora_rank": [Interval(Integral, 1, None, closed="left")],
+        "augment": [StrOptions(set(TEXT_AUGMENTATIONS)), TextAugmenter, callable, None],
+        "task_weights": ["array-like", None],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -226,6 +243,8 @@ class FineTunedTextClassifier(
         unfreeze_layers=None,
         lora=False,
         lora_rank=8,
+        augment=None,
+        task_weights=None,
         early_stopping=True,
         validation_fraction=0.15,
         n_iter_no_change=3,
@@ -247,6 +266,8 @@ class FineTunedTextClassifier(
         self.unfreeze_layers = unfreeze_layers
         self.lora = lora
         self.lora_rank = lora_rank
+        self.augment = augment
+        self.task_weights = task_weights
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -266,8 +287,9 @@ class FineTunedTextClassifier(
         ----------
         X : list, array or Series of str
             Training texts.
-        y : array-like of shape (n_samples,)
-            Their labels (at least two classes).
+        y : array-like of shape (n_samples,) or (n_samples, n_tasks)
+            Labels; one column per task for multi-task training (one shared encoder, one
+            objective and one head per task).
 
         Returns
         -------
@@ -278,27 +300,34 @@ class FineTunedTextClassifier(
 
         texts = validate_texts(X)
         y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(texts):
-            raise ValueError(f"y must be 1-D with one label per text: got shape {y.shape} for {len(texts)} texts.")
-        check_classification_targets(y)
-        codes = LabelEncoder().fit_transform(y)
-        if codes.max() < 1:
-            raise ValueError(f"y has a single class {y[0]!r}; fine-tuning needs at least 2 classes.")
+        codes, _, multi = _heads.encode_targets(y, len(texts), "text")
+        task_weights = _heads.check_task_weights(self.task_weights, codes.shape[1])
+        if not multi:
+            codes = codes[:, 0]
         rng = check_random_state(self.random_state)
-        train_idx, val_idx = self._split(codes, rng)
+        train_idx, val_idx = _training.validation_split(
+            codes if not multi else codes[:, 0],
+            self.validation_fraction,
+            rng,
+            enabled=self.early_stopping,
+            what="texts",
+        )
+        augment = text_augmentation(self.augment, rng)
 
         source = resolve_text_model(self.model)
         device = resolve_device(self.device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(rng.randint(2**31 - 1))
-            st_model, peft_model = self._load_trainable(source, device)
-            state = self._train(st_model, texts, codes, train_idx, val_idx, rng, device)
-            if peft_model is not None:
-                peft_model.merge_and_unload()  # writes the adapters into the linear layers, in place
-                del peft_model
+            st_model, lora_config = self._load_trainable(source, device)
+            state = self._train(st_model, texts, codes, task_weights, train_idx, val_idx, rng, device, augment)
+            self.adapter_ = _lora.extract(st_model[0].auto_model, lora_config) if self.lora else None
         self.history_, self.n_steps_, self.best_step_ = state
 
         self.base_fingerprint_ = source.fingerprint
+        if self.adapter_ is not None:
+            # Served weights are rebuilt from the base model and the adapter, as a loaded pickle does.
+            del st_model
+            st_model = self._merged_model(source)
         self._publish(st_model)
         del st_model
         self.n_features_out_ = self.encoder_.n_features_out_
@@ -306,27 +335,24 @@ class FineTunedTextClassifier(
         head = clone(self.head) if self.head is not None else LogisticRegression(max_iter=1000)
         if "random_state" in head.get_params():
             head.set_params(random_state=rng.randint(2**31 - 1))
+        if multi:
+            head = MultiOutputClassifier(head)
         self.head_ = head.fit(embeddings, y)
         self.classes_ = self.head_.classes_
+        self.n_outputs_ = codes.shape[1] if multi else 1
+        self.multi_output_ = multi
         return self
 
-    def _split(self, codes, rng):
-        everything = np.arange(len(codes))
-        if not self.early_stopping:
-            return everything, everything[:0]
-        n_classes = codes.max() + 1
-        n_val = max(n_classes, int(round(self.validation_fraction * len(codes))))
-        counts = np.bincount(codes)
-        if counts.min() < 3 or len(codes) - n_val < 2 * n_classes:
-            warnings.warn(
-                f"early_stopping needs at least 3 texts per class (the smallest class has {counts.min()}); "
-                "training on all texts without early stopping.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return everything, everything[:0]
-        split = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=rng.randint(2**31 - 1))
-        return next(split.split(everything, codes))
+    def _merged_model(self, source: ModelSource):
+        """The base sentence-transformers model with this estimator's LoRA adapter merged in (on the CPU)."""
+        from sentence_transformers import SentenceTransformer
+
+        with quiet_loading():
+            model = SentenceTransformer(source.path, device="cpu", local_files_only=True)
+        if self.max_length is not None:
+            model.max_seq_length = int(self.max_length)
+        _lora.merge_and_unwrap(_lora.load_into(model[0].auto_model, self.adapter_))
+        return model
 
     def _load_trainable(self, source: ModelSource, device):
         from sentence_transformers import SentenceTransformer
@@ -336,16 +362,14 @@ class FineTunedTextClassifier(
         if self.max_length is not None:
             model.max_seq_length = int(self.max_length)
         auto_model = model[0].auto_model
-        peft_model = None
+        lora_config = None
         if self.lora:
-            from peft import LoraConfig, get_peft_model
-
-            config = LoraConfig(
-                r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.1, target_modules="all-linear"
-            )
+            lora_config = _lora.text_config(self.lora_rank)
             # Replaces linear layers inside ``auto_model`` in place, so the sentence-transformers
             # module keeps working; only adapter weights require gradients.
-            peft_model = get_peft_model(auto_model, config)
+            _lora.inject(auto_model, lora_config)
+            for name, p in model.named_parameters():
+                p.requires_grad_(_lora.is_lora_param(name))
         elif self.unfreeze_layers is not None:
             layers = _encoder_layers(auto_model)
             if self.unfreeze_layers > len(layers):
@@ -357,9 +381,9 @@ class FineTunedTextClassifier(
             for layer in layers[len(layers) - self.unfreeze_layers :]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
-        return model, peft_model
+        return model, lora_config
 
-    def _train(self, model, texts, codes, train_idx, val_idx, rng, device):
+    def _train(self, model, texts, codes, task_weights, train_idx, val_idx, rng, device, augment=None):
         import torch
 
         def embed(batch_texts):
@@ -367,10 +391,15 @@ class FineTunedTextClassifier(
             features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             return model(features)["sentence_embedding"]
 
+        def train_embed(batch_texts):
+            return embed([augment(t) for t in batch_texts] if augment is not None else batch_texts)
+
         train_codes = codes[train_idx]
-        objective = OBJECTIVES[self.loss](
+        objective = make_objective(
+            self.loss,
             model,
-            n_classes=int(codes.max()) + 1,
+            codes,
+            task_weights=task_weights,
             batch_size=self.batch_size,
             pairs_per_sample=self.pairs_per_sample,
             device=device,
@@ -405,7 +434,7 @@ class FineTunedTextClassifier(
             for epoch in range(self.max_epochs):
                 batches = first_epoch if epoch == 0 else objective.epoch_batches(train_codes, rng)
                 for batch in batches:
-                    loss = objective.batch_loss(embed, batch, train_texts, train_codes)
+                    loss = objective.batch_loss(train_embed, batch, train_texts, train_codes)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
@@ -468,16 +497,27 @@ class FineTunedTextClassifier(
 
         return measure
 
-    def _publish(self, st_model) -> None:
-        """Save the tuned weights under their fingerprint and serve them through a TextEncoder."""
+    def _publish(self, st_model, expected: str | None = None) -> str:
+        """Save the tuned weights under their fingerprint and serve them through a TextEncoder.
+
+        ``expected``: the fingerprint the weights must have (rebuilding a pickled LoRA model).
+        """
         tmp = Path(tempfile.mkdtemp(prefix="skdeep-finetuned-"))
         try:
             st_model.save(str(tmp))
             fingerprint = fingerprint_path(tmp)
+            if expected is not None and fingerprint != expected:
+                raise FingerprintMismatchError(
+                    f"The tuned weights rebuilt from the base model {self.model!r} and the LoRA adapter have "
+                    f"fingerprint {fingerprint}, but the fitted model had {expected}: the base model differs from "
+                    "the one training started from. Restore it, or re-fit."
+                )
             name = f"{TUNED_PREFIX}{fingerprint}"
             register_model(tmp, ("TextEncoder", name), name=name, origin="finetuned")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        if expected is not None:
+            return name
         self.tuned_fingerprint_ = fingerprint
         self.encoder_ = TextEncoder(
             name,
@@ -486,8 +526,10 @@ class FineTunedTextClassifier(
             max_length=self.max_length,
             cache=self.cache,
             show_progress=self.show_progress,
-            bundle_weights=True,
+            # LoRA: only the adapter travels (see __getstate__); otherwise the tuned weights do.
+            bundle_weights=not self.lora,
         ).fit([""])
+        return name
 
     # ------------------------------------------------------------------ inference
     def transform(self, X):
@@ -567,10 +609,33 @@ class FineTunedTextClassifier(
 
         Returns
         -------
-        log_proba : ndarray of shape (n_samples, n_classes)
+        log_proba : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
             Log-probability of each class (columns in the order of ``classes_``).
         """
-        return np.log(self.predict_proba(X))
+        proba = self.predict_proba(X)
+        return [np.log(p) for p in proba] if isinstance(proba, list) else np.log(proba)
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy; for a 2-D ``y`` the share of texts with every task right (as MultiOutputClassifier).
+
+        Parameters
+        ----------
+        X : list, array or Series of str
+            Texts.
+        y : array-like of shape (n_samples,) or (n_samples, n_tasks)
+            True labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights.
+
+        Returns
+        -------
+        score : float
+            Mean accuracy (subset accuracy for several tasks).
+        """
+        check_is_fitted(self, "head_")
+        if not getattr(self, "multi_output_", False):
+            return super().score(X, y, sample_weight=sample_weight)
+        return _heads.subset_accuracy(y, self.predict(X), True)
 
     def decision_function(self, X):
         """Confidence scores from the head's ``decision_function``, on the tuned embeddings.
@@ -612,6 +677,56 @@ class FineTunedTextClassifier(
             raise FileExistsError(f"{str(target)!r} already exists; give a new folder for the tuned encoder.")
         shutil.copytree(self.encoder_._source().path, target)
         return target
+
+    def save_adapter(self, path) -> Path:
+        """Write the LoRA adapter as a peft adapter folder (``adapter_config.json``, ``adapter_model.safetensors``).
+
+        ``peft.PeftModel.from_pretrained(base_auto_model, path)`` loads it onto the base model's
+        transformer. Only for ``lora=True``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A folder that does not exist yet.
+
+        Returns
+        -------
+        Path
+        """
+        check_is_fitted(self, "encoder_")
+        if getattr(self, "adapter_", None) is None:
+            raise ValueError("save_adapter needs a model fitted with lora=True.")
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{str(target)!r} already exists; give a new folder for the adapter.")
+        _lora.write_peft_folder(self.adapter_, target, base=str(self.model))
+        return target
+
+    # ------------------------------------------------------------------ persistence
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the instance's own dict
+        if getattr(self, "adapter_", None) is not None and "encoder_" in state:
+            # LoRA: the adapter travels, not the merged weights; the encoder is rebuilt after they are.
+            encoder = state.pop("encoder_")
+            state["_encoder_state"] = {k: v for k, v in encoder.__getstate__().items() if k != "cache"}
+        return state
+
+    def __setstate__(self, state):
+        encoder_state = state.pop("_encoder_state", None)
+        super().__setstate__(state)
+        if encoder_state is None:
+            return
+        source = resolve_text_model(self.model)
+        if source.fingerprint != self.base_fingerprint_:
+            raise FingerprintMismatchError(
+                f"The base model {self.model!r} found here has fingerprint {source.fingerprint}, but LoRA training "
+                f"started from {self.base_fingerprint_}: restore the original base model."
+            )
+        _lora.check_adapter(self.adapter_)
+        self._publish(self._merged_model(source), expected=self.tuned_fingerprint_)
+        encoder = TextEncoder.__new__(TextEncoder)
+        encoder.__setstate__({**encoder_state, "cache": self.cache})
+        self.encoder_ = encoder
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

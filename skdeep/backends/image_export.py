@@ -2,7 +2,7 @@
 
 The encoder's torch module (the chosen layers, pooled and concatenated; see
 :class:`~skdeep.backends.image.PooledFeatures`) is exported to ONNX once per weights and output
-settings, into ``$SKDEEP_HOME/onnx/image-<digest>/model.onnx``, with a dynamic batch axis. Decoding,
+settings, into ``$SKDEEP_HOME/onnx/image-<digest>.v1/model.onnx``, with a dynamic batch axis. Decoding,
 resizing and normalisation stay skdeep's (the same code as the torch backend), so every backend
 sees the same pixels; only the network runs in ONNX Runtime or OpenVINO, on the CPU.
 """
@@ -71,7 +71,7 @@ class ExportedImageBackend(ImageBackend):
         super().__init__(source, torch.device("cpu"), "fp32", layers, pooling, image_size)
         if not graph_digest or any(c not in "0123456789abcdef" for c in graph_digest):
             raise ValueError(f"graph_digest must be hex digits, got {graph_digest!r}.")
-        target = skdeep_home() / "onnx" / f"image-{graph_digest[:32]}"
+        target = skdeep_home() / "onnx" / f"image-{graph_digest[:32]}.v{IMAGE_EXPORT_FORMAT}"
         self.path, self.exported = publish_once(
             target,
             lambda path: export_image_module(self.module, self.preprocess.crop, path),

@@ -1,11 +1,11 @@
 """ONNX Runtime backend for :class:`skdeep.TextEncoder` (``backend="onnx"``, ``"onnx-int8"``, ``"onnx-int8-all"``).
 
 The transformer of a sentence-transformers model is exported to ONNX once per weight fingerprint,
-into ``$SKDEEP_HOME/onnx/<fingerprint>/model.onnx`` (default ``~/.cache/skdeep``), and reused by every
+into ``$SKDEEP_HOME/onnx/<fingerprint>.v2/model.onnx`` (default ``~/.cache/skdeep``), and reused by every
 later process (the OpenVINO backend compiles the same file). ``"onnx-int8"`` additionally stores a
 dynamically quantised copy (int8 weights, per output channel, matrix multiplications after the
-first layer) in ``.../onnx/<fingerprint>-int8/model.onnx``; ``"onnx-int8-all"`` quantises the first
-layer too (faster, a little further from float32), in ``.../onnx/<fingerprint>-int8-all/``.
+first layer) in ``.../onnx/<fingerprint>-int8.v2/model.onnx``; ``"onnx-int8-all"`` quantises the
+first layer too (faster, a little further from float32), in ``.../onnx/<fingerprint>-int8-all.v2/``.
 
 Only the transformer runs in ONNX Runtime; tokenisation uses the model's own tokenizer, and the
 model's pooling, dense layers and normalisation are applied afterwards exactly as
@@ -33,8 +33,10 @@ from . import quiet_loading
 
 MODEL_FILE = "model.onnx"
 META_FILE = "skdeep-onnx.json"
-# Bump when the export procedure changes in a way that changes the file.
-EXPORT_FORMAT = 1
+# Bump when the export procedure changes in a way that changes the file (it names the folders).
+# 2: attention exported in its "eager" form, which ONNX Runtime and OpenVINO fuse better (measured on
+# all-MiniLM-L6-v2, 8 x 256 tokens, one thread: ONNX Runtime 12 % faster in float32, 20 % in int8).
+EXPORT_FORMAT = 2
 ONNX_OPSET = 17
 
 _SUPPORTED_AFTER_TRANSFORMER = {"Pooling", "Dense", "Normalize"}
@@ -56,9 +58,14 @@ def _variant(quantize) -> str | None:
 
 
 def onnx_dir(fingerprint: str, quantize=False) -> Path:
-    """Folder holding the exported model of weights ``fingerprint``: float32, ``"int8"`` (or True) or ``"int8-all"``."""
+    """Folder holding the exported model of weights ``fingerprint``: float32, ``"int8"`` (or True) or ``"int8-all"``.
+
+    ``$SKDEEP_HOME/onnx/<fingerprint>[-int8|-int8-all].v<EXPORT_FORMAT>``: a new export procedure
+    writes new files instead of reusing those of an older one.
+    """
     variant = _variant(quantize)
-    return skdeep_home() / "onnx" / (f"{fingerprint}-{variant}" if variant else fingerprint)
+    name = f"{fingerprint}-{variant}" if variant else fingerprint
+    return skdeep_home() / "onnx" / f"{name}.v{EXPORT_FORMAT}"
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -112,6 +119,14 @@ def export_transformer(transformer, input_names: list[str], path: Path) -> None:
             return self.model(**dict(zip(self.names, tensors)), return_dict=True)[0]
 
     model = transformer.auto_model.to("cpu").eval()
+    # The eager attention graph (explicit matrix products and mask) is what ONNX Runtime's and
+    # OpenVINO's fusions recognise; SDPA's traced form runs slower in both.
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, ImportError):  # a model without an eager implementation: export as it is
+            attention = None
     # Padding in the sample keeps the traced graph general: the attention mask must matter.
     sample = transformer.tokenizer(
         ["a sample text to trace the model with", "short"], padding=True, return_tensors="pt"
@@ -132,6 +147,8 @@ def export_transformer(transformer, input_names: list[str], path: Path) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
+    if attention not in (None, "eager"):
+        model.set_attn_implementation(attention)
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, *, all_layers: bool = False) -> None:

@@ -109,9 +109,10 @@ def cpu_candidates() -> list[tuple[str, str]]:
     out = [REFERENCE]
     if bf16:
         out.append(("torch", "bfloat16"))
-    if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
+    exporter = importlib.util.find_spec("onnx") is not None  # both run the exported ONNX graph
+    if exporter and importlib.util.find_spec("onnxruntime") is not None:
         out.append(("onnx", "float32"))
-    if importlib.util.find_spec("openvino") is not None:
+    if exporter and importlib.util.find_spec("openvino") is not None:
         out.append(("openvino", "float32"))
         if bf16:
             out.append(("openvino", "bfloat16"))

@@ -20,6 +20,9 @@ variable                    meaning
                             ``--api-key-file`` is given.
 ``SKDEEP_DATA_DIR``         Where :mod:`skdeep.datasets` keeps the packages it reads data from.
                             Default ``~/.cache/skdeep/data``.
+``SKDEEP_NUM_THREADS``      Threads an encoder's model uses during ``transform`` (torch, ONNX
+                            Runtime, OpenVINO and the BLAS library) when its ``num_threads`` is
+                            None. Unset: each library's own default.
 ==========================  =====================================================================
 """
 
@@ -34,6 +37,7 @@ ALLOW_DOWNLOAD_ENV = "SKDEEP_ALLOW_DOWNLOAD"
 ENCODE_LOG_ENV = "SKDEEP_ENCODE_LOG"
 API_KEY_ENV = "SKDEEP_API_KEY"
 DATA_DIR_ENV = "SKDEEP_DATA_DIR"
+NUM_THREADS_ENV = "SKDEEP_NUM_THREADS"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -99,3 +103,23 @@ def data_dir() -> Path:
     """``$SKDEEP_DATA_DIR``, else ``~/.cache/skdeep/data``: where :mod:`skdeep.datasets` keeps its packages."""
     value = os.environ.get(DATA_DIR_ENV)
     return Path(value).expanduser() if value else Path.home() / ".cache" / "skdeep" / "data"
+
+
+def num_threads() -> int | None:
+    """``$SKDEEP_NUM_THREADS``: threads a model uses during ``transform``, or None (the libraries' defaults).
+
+    Raises
+    ------
+    ValueError
+        If the variable is set to anything but a positive integer.
+    """
+    value = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer, got {value!r}.")
+    return n

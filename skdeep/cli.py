@@ -38,6 +38,7 @@ from ._cli_io import (
     write_embeddings,
     write_predictions,
 )
+from ._cli_runtime import add_runtime_options, runtime_params
 from .serving import limits as serving
 
 #: ``skdeep.image_io.DEFAULT_MAX_PIXELS`` (PIL's own limit), repeated here so that ``--help`` imports
@@ -68,6 +69,7 @@ def _encoder_for(kind: str, args):
     }
     if args.model is not None:
         params["model"] = args.model
+    params.update(runtime_params(args))
     if kind == "text":
         from .text import TextEncoder
 
@@ -233,6 +235,7 @@ def _override_encoders(model, args) -> None:
         "batch_size": getattr(args, "batch_size", None),
         "device": getattr(args, "device", None),
         "show_progress": not args.no_progress if hasattr(args, "no_progress") else None,
+        **runtime_params(args),
     }
     missing = getattr(args, "missing", None)
     if getattr(args, "no_cache", False):
@@ -310,6 +313,7 @@ def cmd_serve(args) -> int:
         max_batch_pixels=args.max_batch_pixels,
         max_queue=args.max_queue,
         input_kind_override=args.kind,
+        encoder_params=runtime_params(args) or None,
         trusted=args.trust,
         allow_pickle=args.allow_pickle,
     )
@@ -339,6 +343,8 @@ def _format_info(info: dict) -> str:
         lines.append(f"  fingerprint: {enc['fingerprint']}")
         lines.append(f"  origin:      {enc['origin']}   weights bundled: {'yes' if enc['bundle_weights'] else 'no'}")
         lines.append(f"  dimension:   {enc['n_features_out']}")
+        if enc.get("backend") is not None:
+            lines.append(f"  runs on:     backend {enc['backend']}, dtype {enc.get('dtype') or 'unknown'}")
     if info.get("trusted_types"):
         lines.append("types trusted beyond skops' defaults: " + ", ".join(info["trusted_types"]))
     if info.get("requirements"):
@@ -392,6 +398,7 @@ def _add_encoder_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         + ("$SKDEEP_CACHE_DIR, else memory only)" if defaults else "as saved)"),
     )
     cache.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
+    add_runtime_options(p, defaults=defaults)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--column", help="column to read from a CSV/TSV/Parquet input")
     p.add_argument(
@@ -683,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="input kind, when the model has no skdeep encoder to tell",
     )
+    add_runtime_options(p.add_argument_group("model runtime (set on every encoder of the model)"), defaults=False)
     _add_load_options(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)

@@ -6,11 +6,16 @@ Backends know about devices and numeric precision; nothing else in skdeep does.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Values of the encoders' ``dtype`` parameter: torch's spellings, and "auto".
+COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: dtype -> the short name autocast and older releases' ``precision`` used.
+DTYPE_SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -54,12 +59,132 @@ def resolve_device(device: str | None = "auto") -> torch.device:
 def autocast(device: torch.device, precision: str):
     """Mixed-precision context for inference.
 
-    Autocast runs on accelerators only: CPU autocast in fp16 is slow or unsupported for many ops,
-    and the CPU is where exactness matters most for tests and reproducibility.
+    On accelerators, fp16 or bf16 autocast. On the CPU only bf16, and only where the CPU computes it
+    natively (:func:`cpu_supports_bf16`; callers check and fall back first): emulated bf16 is slower
+    than fp32, and CPU fp16 is slow or unsupported for many ops.
     """
-    if precision == "fp32" or device.type == "cpu":
+    if precision == "fp32":
         return contextlib.nullcontext()
+    if device.type == "cpu":
+        if precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def effective_dtype(dtype: str, device: torch.device, *, warn: bool = False, stacklevel: int = 4) -> str:
+    """The compute dtype a torch model really runs in on ``device`` for the ``dtype`` parameter.
+
+    ``"auto"`` is bfloat16 on CUDA devices that support it, else float16 on CUDA and MPS, and
+    float32 on the CPU. On the CPU, bfloat16 runs through autocast where the CPU computes it
+    natively (:func:`skdeep.devices.cpu_supports_bf16`); elsewhere, and for float16, the CPU
+    computes in float32, with a warning when ``warn`` is set (the dtype was asked for explicitly).
+    The result salts the cache keys, so a request that falls back shares the float32 vectors.
+    """
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}.")
+    if device.type == "cpu":
+        if dtype == "bfloat16":
+            if cpu_supports_bf16():
+                return "bfloat16"
+            if warn:
+                warnings.warn(
+                    "dtype='bfloat16' needs a CPU that computes bfloat16 natively (AVX-512 BF16 or AMX), which this "
+                    "one does not (emulated bfloat16 is slower than float32); computing in float32.",
+                    UserWarning,
+                    stacklevel=stacklevel,
+                )
+            return "float32"
+        if warn and dtype == "float16":
+            warnings.warn(
+                "dtype='float16' is not supported on the CPU (slower than float32 there); computing in float32. "
+                "dtype='bfloat16' is the CPU's reduced precision.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+        return "float32"
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float16"
+    return dtype
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so that bf16 autocast can pay off.
+
+    Reads PyTorch's detected CPU capability and, on Linux, the CPU flags (``avx512_bf16``,
+    ``amx_bf16``). Without native support PyTorch still runs bf16, but emulated and slower than fp32.
+    """
+    capability = ""
+    with contextlib.suppress(Exception):
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "AMX" in capability:
+        return True
+    with contextlib.suppress(Exception):
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# ---------------------------------------------------------------------------------------------
+# threads
+
+
+def check_num_threads(num_threads) -> int | None:
+    """``num_threads`` if it is None or a positive integer, else ``$SKDEEP_NUM_THREADS`` for None."""
+    if num_threads is None:
+        from ._config import num_threads as from_environment
+
+        return from_environment()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+    return int(num_threads)
+
+
+_threads_lock = threading.Lock()
+_threads_state = {"depth": 0, "saved": None, "blas": None}
+
+
+@contextlib.contextmanager
+def limit_threads(num_threads: int | None):
+    """Run the body with torch's intra-op threads and the BLAS library's threads set to ``num_threads``.
+
+    The previous settings come back when the outermost such block ends. ONNX Runtime and OpenVINO
+    take their thread count when a model is compiled (the backends do that); this covers torch and
+    numpy's BLAS. Thread counts are process-wide: concurrent blocks share the last count asked for.
+    None changes nothing.
+    """
+    if num_threads is None:
+        yield
+        return
+    with _threads_lock:
+        state = _threads_state
+        if state["depth"] == 0:
+            state["saved"] = torch.get_num_threads()
+            try:
+                from threadpoolctl import threadpool_limits
+
+                state["blas"] = threadpool_limits(limits=num_threads, user_api="blas")
+            except Exception:  # noqa: BLE001 - no BLAS to limit (or threadpoolctl missing): torch alone
+                state["blas"] = None
+        state["depth"] += 1
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            state["depth"] -= 1
+            if state["depth"] == 0:
+                torch.set_num_threads(state["saved"])
+                if state["blas"] is not None:
+                    state["blas"].restore_original_limits()
+                state["saved"] = state["blas"] = None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -113,22 +238,3 @@ def run_in_batches(encode_batch, items, batch_size: int, *, on_batch_done=None):
         if on_batch_done is not None:
             on_batch_done(len(chunk))
     return outputs
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so that bf16 autocast can pay off.
-
-    Reads PyTorch's detected CPU capability and, on Linux, the CPU flags (``avx512_bf16``,
-    ``amx_bf16``). Without native support PyTorch still runs bf16, but emulated and slower than fp32.
-    """
-    capability = ""
-    with contextlib.suppress(Exception):
-        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in capability:
-        return True
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -10,7 +10,15 @@ import numpy as np
 
 from ._sklearn import Interval, StrOptions, _get_output_config, validate_data
 from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
-from .devices import PRECISIONS, resolve_device
+from .devices import (
+    COMPUTE_DTYPES,
+    DTYPE_SHORT_NAMES,
+    PRECISIONS,
+    check_num_threads,
+    effective_dtype,
+    limit_threads,
+    resolve_device,
+)
 from .engine import BaseEncoder
 from .image_io import (
     ALPHA_BACKGROUND,
@@ -27,6 +35,8 @@ from .sources.image import model_library
 __all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "UnreadableImageWarning", "list_layers"]
 
 ON_ERROR = ("raise", "skip", "zero")
+IMAGE_BACKENDS = ("torch", "onnx", "openvino")
+_LEGACY_PRECISIONS = {short: name for name, short in DTYPE_SHORT_NAMES.items()}  # "fp16" -> "float16"
 # Bump when decoding or preprocessing changes what the model sees: old cache entries then stop matching.
 IMAGE_PIPELINE_VERSION = 1
 _HASH_IN_THREADS = 16  # hash files with the decode threads when there are at least this many
@@ -124,8 +134,27 @@ class ImageEncoder(BaseEncoder):
     device : str, default="auto"
         ``"auto"`` uses CUDA, then MPS, then the CPU; a missing accelerator falls back to the CPU.
 
-    precision : {"fp32", "fp16", "bf16"}, default="fp32"
-        Autocast precision on accelerators; on the CPU computation stays in fp32.
+    dtype : {"float32", "float16", "bfloat16", "auto"}, default="float32"
+        Compute dtype, through autocast. On the CPU ``"bfloat16"`` runs where the CPU computes
+        bfloat16 natively (AVX-512 BF16, AMX; with ``channels_last`` memory, as always), else
+        float32 with a warning; ``"float16"`` is float32 there, with a warning. ``"auto"``:
+        bfloat16 on GPUs that support it, else float16, float32 on the CPU. With
+        ``backend="openvino"``, OpenVINO's precision hint (``"auto"``: its default, bfloat16 where
+        supported). The dtype that runs is ``dtype_`` and salts the cache keys.
+
+    precision : {"fp32", "fp16", "bf16"}, default=None
+        Deprecated: use ``dtype`` (``"fp16"`` is ``dtype="float16"``, and so on).
+
+    backend : {"torch", "onnx", "openvino"}, default="torch"
+        Inference engine. ``"onnx"`` (ONNX Runtime) and ``"openvino"`` (``pip install
+        scikit-deep[openvino]``) run the network exported to ONNX once per weights and settings
+        (under ``$SKDEEP_HOME/onnx``) on the CPU; decoding and resizing are the same for all.
+
+    num_threads : int, default=None
+        Threads the model uses during ``fit`` and ``transform`` (torch and BLAS, restored
+        afterwards; ONNX Runtime's intra-op threads; OpenVINO's ``INFERENCE_NUM_THREADS``). None:
+        ``$SKDEEP_NUM_THREADS`` if set, else each library's default. The decoding threads are
+        ``num_workers``.
 
     num_workers : int or "auto", default="auto"
         Threads that decode and resize images while the model runs; 0 decodes in the calling thread.
@@ -188,6 +217,12 @@ class ImageEncoder(BaseEncoder):
         Where the weights were found (``"package:..."``, ``"torch-hub-cache"``, ``"hf-cache"``,
         ``"path"``, ``"random-init"``, ``"bundle"``).
 
+    backend_ : str
+        The backend that runs.
+
+    dtype_ : str
+        The compute dtype that runs (after a fallback to float32, or as OpenVINO reports it).
+
     See Also
     --------
     TextEncoder : The same for texts.
@@ -220,7 +255,10 @@ class ImageEncoder(BaseEncoder):
         "pooling": [StrOptions({"auto", *POOLING_MODES})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, None],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "dtype": [StrOptions(set(COMPUTE_DTYPES))],
+        "precision": [StrOptions(set(PRECISIONS), deprecated=set(PRECISIONS)), None],
+        "backend": [StrOptions(set(IMAGE_BACKENDS))],
+        "num_threads": [Interval(Integral, 1, None, closed="left"), None],
         "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "image_size": [Interval(Integral, 1, None, closed="left"), None],
         "image_shape": [tuple, list, None],
@@ -242,7 +280,10 @@ class ImageEncoder(BaseEncoder):
         pooling="auto",
         batch_size=32,
         device="auto",
-        precision="fp32",
+        dtype="float32",
+        precision=None,
+        backend="torch",
+        num_threads=None,
         num_workers="auto",
         image_size=None,
         image_shape=None,
@@ -260,7 +301,10 @@ class ImageEncoder(BaseEncoder):
         self.pooling = pooling
         self.batch_size = batch_size
         self.device = device
+        self.dtype = dtype
         self.precision = precision
+        self.backend = backend
+        self.num_threads = num_threads
         self.num_workers = num_workers
         self.image_size = image_size
         self.image_shape = image_shape
@@ -275,9 +319,10 @@ class ImageEncoder(BaseEncoder):
     # ----------------------------------------------------------------- engine hooks
     _family = "image"
     # Parameters that change the model's output: they salt the cache keys and define the backend.
-    # Not batch_size, device, num_workers, on_error, max_pixels or show_progress: they change no row
-    # that reaches the cache (failed rows never do).
-    _model_settings = ("precision", "layers", "pooling", "image_size", "pixel_range")
+    # Not batch_size, device, num_workers, num_threads, on_error, max_pixels or show_progress: they
+    # change no row that reaches the cache (failed rows never do). The compute dtype and the backend
+    # join them as they run (see _output_settings).
+    _model_settings = ("layers", "pooling", "image_size", "pixel_range")
     _progress_desc = "Embedding images"
     _progress_unit = "img"
 
@@ -305,6 +350,51 @@ class ImageEncoder(BaseEncoder):
         if name == "pixel_range":
             return check_pixel_range(self.pixel_range)
         return super()._setting_value(name)
+
+    def _requested_dtype(self, *, warn: bool = False) -> str:
+        """``dtype``, or the deprecated ``precision`` moved to it."""
+        if self.precision is None:
+            return self.dtype
+        mapped = _LEGACY_PRECISIONS[self.precision]
+        if self.dtype not in ("float32", mapped):
+            raise ValueError(
+                f"precision={self.precision!r} (deprecated) conflicts with dtype={self.dtype!r}; pass only dtype."
+            )
+        if warn:
+            warnings.warn(
+                f"ImageEncoder(precision={self.precision!r}) is deprecated and will be removed in a future release; "
+                f"use dtype={mapped!r}.",
+                FutureWarning,
+                stacklevel=4,
+            )
+        return mapped
+
+    def _effective_dtype(self, *, warn: bool = False) -> str:
+        """The compute dtype that runs for this encoder's backend and device."""
+        dtype = self._requested_dtype(warn=warn)
+        if self.backend == "openvino":
+            from .backends.openvino import effective_dtype as openvino_dtype
+
+            return openvino_dtype(dtype, warn=warn)
+        if self.backend == "onnx":
+            if warn and dtype in ("float16", "bfloat16"):
+                warnings.warn(
+                    f"backend='onnx' computes in float32; dtype={dtype!r} is ignored.", UserWarning, stacklevel=4
+                )
+            return "float32"
+        return effective_dtype(dtype, resolve_device(self.device), warn=warn, stacklevel=5)
+
+    def _output_settings(self, source):
+        settings = super()._output_settings(source)
+        # Named "precision" with the short names of earlier releases: float32 keys stay the same.
+        settings["precision"] = DTYPE_SHORT_NAMES[self._effective_dtype()]
+        if self.backend != "torch":
+            settings["backend"] = self.backend
+        return settings
+
+    def _backend_key(self, source, device):
+        threads = check_num_threads(self.num_threads) if self.backend != "torch" else None
+        return (*super()._backend_key(source, device), threads)
 
     def _source_settings(self, source):
         spec = source.spec
@@ -339,7 +429,52 @@ class ImageEncoder(BaseEncoder):
         return resolve_image_model(self.model, self.weights, self.random_state)
 
     def _load_backend(self, source, device):
-        return ImageBackend(source, device, self.precision, self._layer_list(), self._pooling(), self.image_size)
+        layers, pooling = self._layer_list(), self._pooling()
+        if self.backend == "torch":
+            precision = DTYPE_SHORT_NAMES[self._effective_dtype()]
+            return ImageBackend(source, device, precision, layers, pooling, self.image_size)
+        from .backends.image_export import ExportedImageBackend, OpenVinoImageBackend
+        from .engine import settings_namespace
+
+        graph = {k: v for k, v in self._output_settings(source).items() if k not in ("precision", "backend")}
+        cls = OpenVinoImageBackend if self.backend == "openvino" else ExportedImageBackend
+        return cls(
+            source,
+            layers,
+            pooling,
+            self.image_size,
+            graph_digest=settings_namespace(graph).hex(),
+            dtype=self._requested_dtype(),
+            num_threads=check_num_threads(self.num_threads),
+        )
+
+    def fit(self, X, y=None):
+        """Check the input and the model, and record the model's identity.
+
+        Nothing is learned: the encoder is a fixed, pretrained feature extractor. ``fit`` loads the
+        model (once per process) to learn its output dimension.
+
+        Parameters
+        ----------
+        X : array-like, str or path-like
+            Images, image files, a folder or a glob, checked as ``transform`` checks them.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted encoder.
+        """
+        self._validate_params()
+        self._effective_dtype(warn=True)
+        with limit_threads(check_num_threads(self.num_threads)):
+            return super().fit(X, y)
+
+    def _encode(self, X):
+        self._effective_dtype(warn=True)
+        with limit_threads(check_num_threads(self.num_threads)):
+            return super()._encode(X)
 
     def _content_payloads(self, items):
         if len(items) >= _HASH_IN_THREADS and self._num_workers(len(items)) > 0:
@@ -390,6 +525,8 @@ class ImageEncoder(BaseEncoder):
     # ----------------------------------------------------------------- sklearn API
     def _record_output_layout(self, backend) -> None:
         self.feature_names_out_ = np.asarray(backend.feature_names, dtype=object)
+        self.backend_ = str(getattr(backend, "name", self.backend))
+        self.dtype_ = str(getattr(backend, "dtype", "float32"))
 
     def get_feature_names_out(self, input_features=None):
         """Get the names of the output features: ``"<layer>_<pooling><i>"``, e.g. ``"layer4_avg0"``.
@@ -417,3 +554,14 @@ class ImageEncoder(BaseEncoder):
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32 whatever the input
         return tags
+
+    def __setstate__(self, state):
+        # Pickles from before dtype / backend / num_threads: the compute precision they stored as
+        # precision="fp16" etc. moves to dtype, silently.
+        if "dtype" not in state:
+            legacy = state.get("precision")
+            state["dtype"] = _LEGACY_PRECISIONS.get(legacy, "float32") if legacy else "float32"
+            state["precision"] = None
+        state.setdefault("backend", "torch")
+        state.setdefault("num_threads", None)
+        super().__setstate__(state)

@@ -367,6 +367,8 @@ def test_cpu_supports_bf16_reads_the_cpu_flags(monkeypatch):
     from skdeep.devices import cpu_supports_bf16
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     real_open = builtins.open
     for flags, expected in (
         ("fpu avx2 avx512f", False),

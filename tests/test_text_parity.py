@@ -87,11 +87,14 @@ def test_prompt_errors_are_clear(prompted_model):
 # ------------------------------------------------------------------------------------------ dtype and precision
 
 
-def test_legacy_precision_maps_to_dtype_with_a_future_warning(tiny_text_model):
+def test_legacy_precision_maps_to_dtype_with_a_future_warning(tiny_text_model, monkeypatch):
+    from skdeep import devices
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)  # the fallback (see test_cpu_backends.py)
     with pytest.warns(FutureWarning, match=r"precision='bf16' is deprecated.*dtype='bfloat16'"):
         old = TextEncoder(tiny_text_model, precision="bf16", cache=None).fit_transform(TEXTS)
     assert old.dtype == np.float32
-    with pytest.warns(UserWarning, match="not supported on the CPU"):
+    with pytest.warns(UserWarning, match="bfloat16 natively"):
         new = TextEncoder(tiny_text_model, dtype="bfloat16", cache=None).fit_transform(TEXTS)
     np.testing.assert_array_equal(old, new)
     with pytest.raises(ValueError, match="conflicts with dtype"):
@@ -100,11 +103,13 @@ def test_legacy_precision_maps_to_dtype_with_a_future_warning(tiny_text_model):
         TextEncoder(tiny_text_model, precision="fp8").fit(TEXTS)
 
 
-def test_effective_dtype_on_each_device():
+def test_effective_dtype_on_each_device(monkeypatch):
     import torch
 
+    from skdeep import devices
     from skdeep.backends.text import effective_dtype
 
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)  # bf16 on CPUs with it: test_cpu_backends.py
     cpu = torch.device("cpu")
     assert effective_dtype("auto", cpu) == "float32" and effective_dtype("bfloat16", cpu) == "float32"
     assert effective_dtype("float16", torch.device("cuda")) == "float16"

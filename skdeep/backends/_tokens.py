@@ -100,6 +100,7 @@ class TextTokenizer:
         limit = model_limit if model_limit is not None and model_limit < _NO_LIMIT else fallback_limit
         self.model_limit = int(limit) if limit is not None else None
         self._specials = None
+        self._specials_found = False
         self._prompt_cache: dict[str, tuple[tuple[int, ...], int]] = {}
         names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
         self.wants_token_type_ids = "token_type_ids" in names
@@ -121,6 +122,7 @@ class TextTokenizer:
             for i in range(len(full) - len(bare) + 1):
                 if full[i : i + len(bare)] == bare:
                     self._specials = (tuple(full[:i]), tuple(full[i + len(bare) :]))
+                    self._specials_found = True
                     break
             else:  # a post-processor that rewrites the text's tokens: no windows with specials kept
                 self._specials = ((), ())
@@ -176,16 +178,33 @@ class TextTokenizer:
         per_text: list[list[tuple[int, ...]]] = [[tuple(ids)] for ids in full]
         if len(long_idx):
             if long_text == "truncate":
-                cut = self._ids(
-                    [with_prompt[i] for i in long_idx], add_special_tokens=True, truncation=True, max_length=limit
-                )
-                for i, ids in zip(long_idx, cut):
-                    per_text[i] = [tuple(ids)]
+                self._truncate(full, long_idx, with_prompt, limit, per_text)
             else:
                 self._chunk(texts, long_idx, prompt, limit, overlap, per_text)
         sequences = [seq for seqs in per_text for seq in seqs]
         owners = np.repeat(np.arange(len(texts)), [len(seqs) for seqs in per_text])
         return Tokenized(sequences, owners, lengths, limit, int(len(long_idx)))
+
+    def _truncate(self, full, long_idx, with_prompt, limit, per_text) -> None:
+        """Cut long texts to ``limit`` tokens as the tokenizer's own truncation does.
+
+        The ids are cut directly when the tokenizer wraps a text in fixed special tokens and
+        truncates on the right (what ``truncation=True`` then computes, without tokenising long
+        texts a second time); other tokenizers tokenise again with truncation.
+        """
+        prefix, suffix = self.specials()
+        room = limit - len(prefix) - len(suffix)
+        direct = self._specials_found and room > 0 and getattr(self.tokenizer, "truncation_side", "right") == "right"
+        again = []
+        for i in long_idx:
+            ids = full[i]
+            if direct and tuple(ids[: len(prefix)]) == prefix and tuple(ids[len(ids) - len(suffix) :]) == suffix:
+                per_text[i] = [(*prefix, *ids[len(prefix) : len(prefix) + room], *suffix)]
+            else:
+                again.append(i)
+        cut = self._ids([with_prompt[i] for i in again], add_special_tokens=True, truncation=True, max_length=limit)
+        for i, ids in zip(again, cut):
+            per_text[i] = [tuple(ids)]
 
     def _chunk(self, texts, long_idx, prompt, limit, overlap, per_text) -> None:
         prefix, suffix = self.specials()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import autocast
+from ..devices import DTYPE_SHORT_NAMES, autocast
 from ..image_io import ImageInput, UnreadableImageError
 from ..sources import ModelSource
 
@@ -366,6 +366,7 @@ class ImageBackend:
         From :func:`skdeep.sources.resolve_image_model`.
     device : torch.device
     precision : {"fp32", "fp16", "bf16"}
+        Autocast precision, already resolved for the device (bf16 on CPUs that support it).
     layers : list of str or None
         Graph nodes / module names; None: the backbone's last feature map.
     pooling : {"model", "avg", "max", "gem", "cls"}
@@ -376,6 +377,7 @@ class ImageBackend:
 
     #: Errors of one image that make that image fail alone (the engine reports it by position).
     item_errors = (UnreadableImageError,)
+    name = "torch"
 
     def __init__(
         self, source: ModelSource, device: torch.device, precision: str, layers=None, pooling="avg", image_size=None
@@ -383,6 +385,7 @@ class ImageBackend:
         self.source = source
         self.device = device
         self.precision = precision
+        self.dtype = {short: name for name, short in DTYPE_SHORT_NAMES.items()}[precision]
         library, arch = source.spec.library, source.spec.arch
         native = source.spec.preprocess
         self.preprocess = native.with_image_size(image_size)

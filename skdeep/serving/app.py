@@ -30,7 +30,7 @@ import numpy as np
 
 from .batcher import ItemFailedError, MicroBatcher, QueueFullError
 from .inputs import InputError, decode_base64_image, excerpt, probe_images, short, text_costs
-from .inspect import _plain, describe, embedding_model, input_kind
+from .inspect import _plain, describe, embedding_model, encoder_places, input_kind
 from .limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -214,6 +214,7 @@ def create_app(
     allowed_origins=None,
     allowed_hosts=None,
     input_kind_override: str | None = None,
+    encoder_params: dict | None = None,
     trusted=None,
     allow_pickle: bool = False,
     warmup: bool = True,
@@ -257,6 +258,9 @@ def create_app(
         What the model takes, when it has no skdeep encoder to tell. A model fitted on a DataFrame
         (``feature_names_in_``) whose encoders read columns (a ColumnTransformer), or with several
         columns, takes rows: ``{"records": [{"text": ..., "price": ...}, ...]}``.
+    encoder_params : dict, default=None
+        Parameters set on every skdeep encoder of the model before serving, e.g.
+        ``{"backend": "openvino", "num_threads": 4}`` (how the model runs, not what it is).
     trusted : list of str, default=None
         Extra types to trust when loading a ``.skops`` file.
     allow_pickle : bool, default=False
@@ -283,6 +287,8 @@ def create_app(
     if not hasattr(model, "get_params"):
         source_file = str(model)
         model = persistence.load(model, trusted=trusted, allow_pickle=allow_pickle)
+    for place in encoder_places(model) if encoder_params else ():
+        place.encoder.set_params(**encoder_params)
     if input_kind_override is not None and input_kind_override not in INPUT_KINDS:
         raise ValueError(f"input_kind_override must be one of {INPUT_KINDS}, got {input_kind_override!r}.")
     if timeout is not None and not timeout > 0:

@@ -161,6 +161,18 @@ def class_labels(estimator):
     return _plain(np.asarray(classes))
 
 
+def _runs_on(encoder) -> dict:
+    """The backend and compute dtype that run (``backend="auto"``: its choice, from the fitted attributes).
+
+    A backend set after fitting (``skdeep serve --backend``) shows as set, its dtype unknown until it runs.
+    """
+    fitted = getattr(encoder, "backend_", None)
+    wanted = getattr(encoder, "backend", None)
+    if fitted is not None and wanted in (fitted, "auto", None):
+        return {"backend": fitted, "dtype": getattr(encoder, "dtype_", None)}
+    return {"backend": wanted, "dtype": None}
+
+
 def describe(estimator) -> dict:
     """Steps, classes, encoders (model, fingerprint, origin, columns) and expected input of a fitted model."""
     steps = getattr(estimator, "steps", None)
@@ -179,6 +191,7 @@ def describe(estimator) -> dict:
                 "fingerprint": getattr(enc, "model_fingerprint_", None),
                 "origin": getattr(enc, "model_origin_", None),
                 "n_features_out": getattr(enc, "n_features_out_", None),
+                **_runs_on(enc),
                 "bundle_weights": bool(getattr(enc, "bundle_weights", False)),
                 "columns": place.columns,
             }

@@ -143,8 +143,14 @@ def model_files(root: Path) -> list[Path]:
     Symlinked folders are not followed (the Hugging Face cache links files, not folders); every
     file must be a regular file, through symlinks, or :class:`UnsafeModelFileError` is raised.
     """
-    out = []
+    return _walk_model(root)[0]
+
+
+def _walk_model(root: Path) -> tuple[list[Path], list[Path]]:
+    """``(model files, folders walked)`` of a model folder (see :func:`model_files`)."""
+    out, folders = [], []
     for dirpath, dirnames, filenames in os.walk(root):
+        folders.append(Path(dirpath))
         dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS)
         for name in sorted(filenames):
             if name.endswith(_IGNORED_SUFFIXES) or name.startswith("."):
@@ -152,21 +158,41 @@ def model_files(root: Path) -> list[Path]:
             path = Path(dirpath) / name
             _regular_file_size(path)
             out.append(path)
-    return out
+    return out, folders
 
 
 # ---------------------------------------------------------------------------------------------
 # fingerprints
 
 _fingerprint_memo: dict[tuple, str] = {}
+# Absolute path -> (identity of every folder and file it was computed from, fingerprint): a model
+# folder is walked and hashed once per process, and re-checked with a few stat calls.
+_folder_memo: dict[str, tuple[tuple, str]] = {}
 _memo_lock = threading.Lock()
+
+
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged(signature: tuple) -> bool:
+    """Whether every folder and file in ``signature`` still has the same device, inode, size and mtime.
+
+    A file edited in place changes its size or mtime; a file added, removed, renamed or replaced
+    changes its folder's mtime (or its own inode).
+    """
+    try:
+        return all(_identity(Path(entry[0])) == entry for entry in signature)
+    except OSError:
+        return False
 
 
 def fingerprint_path(path: str | os.PathLike) -> str:
     """Hash the content of a weights file, or of every relevant file in a model folder.
 
-    Memoised per process on (path, size, mtime) of each file, so re-checking an unchanged
-    model costs a few ``stat`` calls.
+    Memoised per process: a path seen before is re-checked with one ``stat`` per folder and file
+    (device, inode, size, modification time), without walking the folder or reading a byte.
 
     Parameters
     ----------
@@ -186,26 +212,32 @@ def fingerprint_path(path: str | os.PathLike) -> str:
         If a file is a FIFO, a device or larger than :data:`MAX_MODEL_FILE_BYTES`.
     """
     root = Path(path)
+    memo_key = os.path.abspath(root)
+    with _memo_lock:
+        remembered = _folder_memo.get(memo_key)
+    if remembered is not None and _unchanged(remembered[0]):
+        return remembered[1]
     is_file = root.is_file()
     if not is_file and not root.is_dir():
         _regular_file_size(root)  # explains what it is (FIFO, device, missing)
-    files = [root] if is_file else model_files(root)
+    files, folders = ([root], []) if is_file else _walk_model(root)
     if not files:
         raise ModelNotFoundError(f"{str(root)!r} holds no model files.")
-    stats = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    signature = tuple(_identity(p) for p in [*folders, *files])
+    stats = tuple((entry[0], entry[3], entry[4]) for entry in signature[len(folders) :])
     with _memo_lock:
         cached = _fingerprint_memo.get(stats)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    for f in files:
-        rel = f.name if is_file else f.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0")
-        read_model_file(f, digest.update)
-    value = digest.hexdigest()[:32]
+    if cached is None:
+        digest = hashlib.sha256()
+        for f in files:
+            rel = f.name if is_file else f.relative_to(root).as_posix()
+            digest.update(rel.encode() + b"\0")
+            read_model_file(f, digest.update)
+        cached = digest.hexdigest()[:32]
     with _memo_lock:
-        _fingerprint_memo[stats] = value
-    return value
+        _fingerprint_memo[stats] = cached
+        _folder_memo[memo_key] = (signature, cached)
+    return cached
 
 
 def fingerprint_text(*parts: object) -> str:

@@ -16,7 +16,9 @@ A model registered in this process (a restored weight bundle, a fine-tuned model
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 from pathlib import Path
 
 from ._common import ModelNotFoundError, ModelSource, downloads_allowed, fingerprint_path, how_to_get
@@ -31,6 +33,30 @@ def _hf_cached_snapshot(repo_id: str, revision: str | None = None) -> str | None
         return snapshot_download(repo_id, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - any failure here just means "not in the cache"
         return None
+
+
+# (name, revision, local_files_only, working folder for relative names, home) -> the source found: local
+# folders and packaged models are resolved once per process, then re-checked with a few stat calls.
+_resolved: dict[tuple, ModelSource] = {}
+_resolved_lock = threading.Lock()
+
+
+def _remembered(key: tuple, name) -> ModelSource | None:
+    with _resolved_lock:
+        source = _resolved.get(key)
+    if source is None:
+        return None
+    try:
+        path = Path(name).expanduser()
+        if source.origin == "path":
+            if not path.is_dir() or str(path.resolve()) != source.path:
+                return None
+        elif path.exists() or not Path(source.path).is_dir():  # a local folder now shadows it, or it went
+            return None
+        fingerprint = fingerprint_path(source.path)  # memoised on the files' stat (see fingerprint_path)
+    except OSError:
+        return None
+    return source if fingerprint == source.fingerprint else dataclasses.replace(source, fingerprint=fingerprint)
 
 
 def resolve_text_model(
@@ -63,6 +89,19 @@ def resolve_text_model(
     """
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise TypeError(f"model must be a model name or a path, got {name!r}.")
+    relative_to = None if os.path.isabs(os.path.expanduser(str(name))) else os.getcwd()
+    # Split packaged models unpack under $SKDEEP_HOME: a different home may hold another copy.
+    key = (str(name), revision, bool(local_files_only), relative_to, os.environ.get("SKDEEP_HOME"))
+    source = _remembered(key, name)
+    if source is None:
+        source = _resolve_text_model(name, revision, local_files_only)
+        if source.origin == "path" or source.origin.startswith("package:"):
+            with _resolved_lock:
+                _resolved[key] = source
+    return source
+
+
+def _resolve_text_model(name, revision, local_files_only) -> ModelSource:
     looked = []
     path = Path(name).expanduser()
     if path.exists():

@@ -57,7 +57,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     rt = load_rotten_tomatoes().groupby("label").sample(args.n_source // 2, random_state=0)
-    # The fp32 ONNX backend gives the torch embeddings (cosine 1.0000, see bench_onnx.py), 4x faster here.
+    # The fp32 ONNX backend gives the torch embeddings (cosine 1.0000, see bench_cpu_backends.py), 4x faster here.
     encoder = TextEncoder("all-MiniLM-L6-v2", backend=args.backend, cache=args.cache, max_length=64)
     t = time.perf_counter()
     Xs = encoder.fit_transform(rt["text"].tolist())

@@ -221,7 +221,7 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--label", default="", help="added to the title (e.g. 'CPU reduced run')")
     parser.add_argument("--out", default=str(RESULTS / "finetune_images"))
-    parser.add_argument("--append", action="store_true", help="keep other methods' rows of the CSV at --out")
+    parser.add_argument("--append", action="store_true", help="keep other rows of the CSV at --out")
     args = parser.parse_args(argv)
     if args.quick:
         args.per_class, args.seeds, args.epochs, args.image_size, args.n_test = "20", "0", 3, 32, 300
@@ -264,9 +264,10 @@ def main(argv=None):
     df = pd.DataFrame(rows)
     out = Path(args.out)
     if args.append and out.with_suffix(".csv").is_file():
-        # Re-run some methods only: keep the other methods' rows of the earlier run.
+        # Re-run some methods or sizes only: keep the earlier run's other rows.
         earlier = pd.read_csv(out.with_suffix(".csv"))
-        df = pd.concat([earlier[~earlier["method"].isin(methods)], df], ignore_index=True)
+        redone = earlier["method"].isin(methods) & earlier["per_class"].isin(per_class)
+        df = pd.concat([earlier[~redone], df], ignore_index=True)
     df = df.sort_values(["per_class", "method"], key=lambda c: c.map(METHODS.index) if c.name == "method" else c)
     summary = summarise(df)
     label = f" ({args.label})" if args.label else ""

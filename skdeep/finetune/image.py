@@ -389,8 +389,8 @@ class FineTunedImageClassifier(
         self.heads_ = _heads.head_arrays(heads)
         self.base_fingerprint_ = source.fingerprint
         self._publish(backend, source, adapter)
-        inference_precision = precision if device.type != "cpu" and precision in ("bf16", "fp16") else "fp32"
-        self.encoder_ = self._encoder(self.tuned_weights_, cache=self.cache, precision=inference_precision).fit(X)
+        inference_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision) if device.type != "cpu" else None
+        self.encoder_ = self._encoder(self.tuned_weights_, cache=self.cache, dtype=inference_dtype or "float32").fit(X)
         self.n_features_out_ = self.encoder_.n_features_out_
         return self
 

@@ -28,9 +28,7 @@ given with ``--lite0-weights``)::
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -50,30 +48,12 @@ LABELS = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (the MNIST format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        zero, dtype_code, ndim = struct.unpack(">HBB", fh.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError(f"{path} is not an idx file of unsigned bytes.")
-        shape = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
-        return np.frombuffer(fh.read(), dtype=np.uint8).reshape(shape)
-
-
-def _idx(data_dir: Path, stem: str) -> Path:
-    for name in (f"{stem}.gz", stem):
-        if (data_dir / name).is_file():
-            return data_dir / name
-    raise SystemExit(f"{data_dir / stem}[.gz] not found: give the folder of Fashion-MNIST's idx files with --data-dir.")
-
-
 def load_fashion_mnist(data_dir: Path):
-    X_train = read_idx(_idx(data_dir, "train-images-idx3-ubyte"))
-    y_train = read_idx(_idx(data_dir, "train-labels-idx1-ubyte")).astype(np.int64)
-    X_test = read_idx(_idx(data_dir, "t10k-images-idx3-ubyte"))
-    y_test = read_idx(_idx(data_dir, "t10k-labels-idx1-ubyte")).astype(np.int64)
-    return X_train, y_train, X_test, y_test
+    """Fashion-MNIST's four arrays (skdeep's loader), labels as int64."""
+    from skdeep.datasets import load_fashion_mnist as load
+
+    X_train, y_train, X_test, y_test = load(data_dir=data_dir)
+    return X_train, y_train.astype(np.int64), X_test, y_test.astype(np.int64)
 
 
 def draw(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:

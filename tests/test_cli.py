@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import packaged_minilm_available
+from promptly import call_promptly, needs_fifo
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -312,28 +312,6 @@ def test_invalid_text_in_a_csv_names_the_row(tiny_text_model, tmp_path, capsys):
 # ------------------------------------------------------------------------- image folders and unreadable images
 
 IMAGE_ARGS = ["--model", "timm:test_resnet", "--weights", "none", "--no-progress", "--no-cache"]
-needs_fifo = pytest.mark.skipif(
-    not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs named pipes and /dev/zero"
-)
-
-
-def _promptly(fn, timeout: float = 120.0):
-    """fn() in a thread, so that a regression blocking on a pipe fails the test instead of hanging the suite."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - SystemExit included, handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"still running after {timeout} s: it blocked on a pipe or read a device"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def _save_images(folder, names, seed=0):
@@ -360,18 +338,18 @@ def test_cli_and_image_encoder_read_the_same_files_of_a_folder(tmp_path, capsys)
     (folder / "sub" / "pipe.jpg").symlink_to(folder / "pipe.png")
 
     out = tmp_path / "flat.parquet"
-    assert _promptly(lambda: main(["embed", str(folder), "--out", str(out), *IMAGE_ARGS])) == 0
+    assert call_promptly(lambda: main(["embed", str(folder), "--out", str(out), *IMAGE_ARGS])) == 0
     assert "--recursive" in capsys.readouterr().err  # says that the subfolders were left out
     frame = pd.read_parquet(out)
-    library_reads = [it.data for it in _promptly(lambda: validate_images(str(folder)))]
+    library_reads = [it.data for it in call_promptly(lambda: validate_images(str(folder)))]
     assert [os.path.abspath(p) for p in frame["path"]] == library_reads
     assert [Path(p).name for p in frame["path"]] == ["a.jpg", "b.png"]
     encoder = ImageEncoder("timm:test_resnet", weights=None, cache=None)
-    from_folder = _promptly(lambda: encoder.transform(str(folder)))
+    from_folder = call_promptly(lambda: encoder.transform(str(folder)))
     np.testing.assert_allclose(np.stack(frame["embedding"].to_numpy()), from_folder, rtol=1e-4, atol=1e-5)
 
     out = tmp_path / "deep.parquet"
-    assert _promptly(lambda: main(["embed", str(folder), "--recursive", "--out", str(out), *IMAGE_ARGS])) == 0
+    assert call_promptly(lambda: main(["embed", str(folder), "--recursive", "--out", str(out), *IMAGE_ARGS])) == 0
     deep = pd.read_parquet(out)["path"].tolist()
     assert deep == list_image_files(folder, recursive=True)
     assert [os.path.relpath(p, folder) for p in deep] == ["a.jpg", "b.png", "sub/c.png", "sub/deeper/d.gif"]
@@ -387,7 +365,7 @@ def test_embed_on_error_and_max_pixels(tiny_text_model, lines_file, tmp_path, ca
     (folder / "c.jpg").write_bytes(b"plain text, not a JPEG")
     good = [str(folder / n) for n in ("a.png", "b.png", "d.png")]
     clean = ImageEncoder("timm:test_resnet", weights=None, cache=None).transform(good)
-    run = lambda *argv: _promptly(lambda: _exit_code(["embed", *map(str, argv), *IMAGE_ARGS], capsys))  # noqa: E731
+    run = lambda *argv: call_promptly(lambda: _exit_code(["embed", *map(str, argv), *IMAGE_ARGS], capsys))  # noqa: E731
 
     code, err = run(folder, "--out", tmp_path / "x.npy")
     assert code == 2 and "c.jpg" in err and "position 2" in err and len(err.strip().splitlines()) == 1
@@ -411,7 +389,7 @@ def test_embed_on_error_and_max_pixels(tiny_text_model, lines_file, tmp_path, ca
     pd.DataFrame({"path": ["photos/a.png", "pipe.png", "zero.png", "photos/b.png"]}).to_csv(table, index=False)
     out = tmp_path / "table.parquet"
     argv = ["embed", str(table), "--kind", "image", "--on-error", "skip", "--out", str(out), *IMAGE_ARGS]
-    assert _promptly(lambda: main(argv)) == 0
+    assert call_promptly(lambda: main(argv)) == 0
     assert "(2 of 4 images skipped)" in capsys.readouterr().err
     assert pd.read_parquet(out)["path"].tolist() == good[:2]
     code, err = run(table, "--kind", "image", "--out", tmp_path / "t.npy")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -24,6 +23,7 @@ from image_fixtures import (
     write,
 )
 from PIL import Image
+from promptly import call_promptly
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
@@ -450,25 +450,6 @@ def test_unfitted_pandas_output_and_skip_with_an_index(files, broken):
         assert skipper.transform(broken).shape[0] == 3  # a list has no index to keep
 
 
-def _promptly(fn, timeout: float = 120.0):
-    """fn() in a thread, so that a regression blocking on a pipe fails the test instead of hanging the suite."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"still running after {timeout} s: it blocked on a pipe or read a device"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs pipes, /dev/zero")
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_pipes_and_devices_are_failure_rows_not_hangs(tmp_path, files, num_workers):
@@ -478,15 +459,15 @@ def test_pipes_and_devices_are_failure_rows_not_hangs(tmp_path, files, num_worke
     X = [files[0], str(fifo), files[1], str(zero), files[2]]
     params = dict(TINY, num_workers=num_workers)
     with pytest.raises(UnreadableImageError, match=r"pipe\.png.*position 1.*named pipe"):
-        _promptly(lambda: ImageEncoder(**params).fit_transform(X))
+        call_promptly(lambda: ImageEncoder(**params).fit_transform(X))
     with pytest.raises(UnreadableImageError, match=r"zero\.jpg.*position 1.*character device"):
-        _promptly(lambda: ImageEncoder(**params).fit_transform([files[0], str(zero)]))
+        call_promptly(lambda: ImageEncoder(**params).fit_transform([files[0], str(zero)]))
     clean = ImageEncoder(**params).fit_transform(files[:3])
     with pytest.warns(UnreadableImageWarning, match=r"2 of 5 images") as record:
-        zeros = _promptly(lambda: ImageEncoder(**params, on_error="zero").fit_transform(X))
+        zeros = call_promptly(lambda: ImageEncoder(**params, on_error="zero").fit_transform(X))
     assert record[0].message.positions == [1, 3]
     assert not zeros[[1, 3]].any()
     np.testing.assert_array_equal(zeros[[0, 2, 4]], clean)
     with pytest.warns(UnreadableImageWarning, match="dropped"):
-        skipped = _promptly(lambda: ImageEncoder(**params, on_error="skip").fit_transform(X))
+        skipped = call_promptly(lambda: ImageEncoder(**params, on_error="skip").fit_transform(X))
     np.testing.assert_array_equal(skipped, clean)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from image_fixtures import (
     write,
 )
 from PIL import Image
+from promptly import call_promptly, needs_fifo
 
 import skdeep.image_io as image_io
 from skdeep.image_io import (
@@ -347,29 +347,6 @@ def test_decompression_bomb_header_is_refused_before_decoding():
 
 # ---------------------------------------------------------------------------------------------
 # files that are not regular files, and files too large to read
-
-needs_fifo = pytest.mark.skipif(
-    not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs named pipes and /dev/zero"
-)
-
-
-def call_promptly(fn, timeout: float = 60.0):
-    """fn() in a thread: a regression that blocks on a pipe or reads a device forever fails, not hangs."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"still running after {timeout} s: it blocked on a pipe or read a device"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 @pytest.fixture

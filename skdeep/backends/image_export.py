@@ -16,7 +16,7 @@ import torch
 
 from .._config import skdeep_home
 from .image import ImageBackend
-from .onnx import ONNX_OPSET, publish_once
+from .onnx import ONNX_OPSET, ort_session, publish_once
 
 # Bump when the export procedure changes what the file computes.
 IMAGE_EXPORT_FORMAT = 1
@@ -86,15 +86,7 @@ class ExportedImageBackend(ImageBackend):
         self._compile(self.path, kw.get("num_threads"))
 
     def _compile(self, path, num_threads) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, num_threads)
         self.dtype = "float32"
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:

@@ -254,6 +254,19 @@ def publish_once(target: Path, write, **meta) -> tuple[Path, bool]:
 # pooling, as sentence-transformers' Pooling module computes it (padded batches)
 
 
+def ort_session(path, num_threads: int | None):
+    """An ONNX Runtime CPU session on ``path``, all graph optimisations, ``num_threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if num_threads is not None:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def pool_tokens(tokens: np.ndarray, mask: np.ndarray, modes) -> np.ndarray:
     """Pool token embeddings (batch, seq, dim) under an attention mask (batch, seq).
 
@@ -456,15 +469,7 @@ class OnnxTextBackend(ExportedTextBackend):
         super().__init__(source, quantize=quantize, **options)
 
     def _compile(self, path, num_threads):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if num_threads is not None:
-            options.intra_op_num_threads = int(num_threads)
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, num_threads)
         return [i.name for i in self.session.get_inputs()]
 
     def _run(self, feeds):

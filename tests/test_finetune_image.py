@@ -236,7 +236,9 @@ def test_pickle_carries_only_changed_tensors_and_reloads_in_a_fresh_process(tmp_
         tmp_path,
     )
     assert out.strip() == clf.tuned_weights_
-    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), expected)
+    # The weights are the same bits (their fingerprint is checked on load); the probabilities may
+    # differ in the last bits when a convolution's vectors came from a batch of another size.
+    np.testing.assert_allclose(np.load(tmp_path / "proba.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("everything_changed", [False, True])

@@ -3,8 +3,8 @@
 An adapter is a small dict: ``{"format": 1, "config": {...}, "weights": <safetensors bytes>}``; the
 config holds plain values only (rank, alpha, dropout, target module names), so it survives pickle,
 skops and JSON. The fine-tuners pickle the adapter and a reference to the base model, never the
-merged weights; served weights are rebuilt by :func:`merged` (base + adapter, merged on the CPU,
-bit for bit the same at fit and at load time) and checked against the fingerprint recorded at fit.
+merged weights; served weights are rebuilt by :func:`merge_and_unwrap` (base + adapter, merged
+bit for bit the same at fit and at load time, on any CPU) and checked against the fingerprint recorded at fit.
 
 Vision models get adapters on every ``nn.Linear`` and non-grouped ``nn.Conv2d`` of the backbone
 (peft supports both); sentence-transformers models on every linear layer (``"all-linear"``).
@@ -98,13 +98,42 @@ def load_into(model, adapter: dict):
     return model
 
 
+def _merge_exactly(layer) -> None:
+    """Add ``scaling * B @ A`` to the base weight, the same bits on any CPU and thread count.
+
+    peft's ``merge`` runs a matrix product, whose last bits depend on the BLAS kernel and the
+    threads; the merged weights are fingerprinted at fit and checked at load, possibly on another
+    machine. Here the rank-r product is a sum of r outer products in float64 (elementwise
+    operations, correctly rounded, summed in a fixed order), rounded once to the weight's dtype.
+    """
+    import torch
+
+    base = layer.get_base_layer()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        if getattr(layer, "use_dora", {}).get(adapter, False) or getattr(layer, "fan_in_fan_out", False):
+            raise ValueError("skdeep's LoRA adapters are plain LoRA on nn.Linear / nn.Conv2d weights.")
+        a = layer.lora_A[adapter].weight.detach().to("cpu", torch.float64)  # (r, in, *kernel)
+        b = layer.lora_B[adapter].weight.detach().to("cpu", torch.float64)  # (out, r, *ones)
+        weight = base.weight.detach()
+        b = b.reshape(b.shape[0], b.shape[1])
+        delta = torch.zeros(weight.shape, dtype=torch.float64)
+        ones = (1,) * (weight.dim() - 1)
+        for k in range(a.shape[0]):
+            delta += b[:, k].reshape(-1, *ones) * a[k].unsqueeze(0)
+        merged = weight.to("cpu", torch.float64) + float(layer.scaling[adapter]) * delta
+        with torch.no_grad():
+            base.weight.copy_(merged.to(weight.dtype))
+
+
 def merge_and_unwrap(model):
     """Write every LoRA layer's adapter into its base layer and put the base layer back, in place."""
     from peft.tuners.lora import LoraLayer
 
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
-            module.merge(safe_merge=True)
+            _merge_exactly(module)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, module.get_base_layer())

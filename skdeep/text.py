@@ -175,12 +175,6 @@ class TextEncoder(BaseEncoder):
         int8; it shares torch float32's cache entries. On an accelerator, torch. ``backend_`` and
         ``dtype_`` say what runs. See :ref:`backends`.
 
-    num_threads : int, default=None
-        Threads the model uses during ``fit`` and ``transform``: torch's intra-op threads and the
-        BLAS library's (restored afterwards), ONNX Runtime's intra-op threads, OpenVINO's
-        ``INFERENCE_NUM_THREADS``. None: ``$SKDEEP_NUM_THREADS`` if set, else each library's
-        default (about one per core).
-
     revision : str, default=None
         Branch, tag or commit of a Hugging Face Hub model.
 
@@ -193,6 +187,12 @@ class TextEncoder(BaseEncoder):
     model_kwargs : dict, default=None
         Passed to ``SentenceTransformer(model_kwargs=...)`` and on to
         ``transformers.AutoModel.from_pretrained`` (e.g. ``{"attn_implementation": "sdpa"}``).
+
+    num_threads : int, default=None
+        Threads the model uses during ``fit`` and ``transform``: torch's intra-op threads and the
+        BLAS library's (restored afterwards), ONNX Runtime's intra-op threads, OpenVINO's
+        ``INFERENCE_NUM_THREADS``. None: ``$SKDEEP_NUM_THREADS`` if set, else each library's
+        default (about one per core).
 
     show_progress : bool, default=False
         Show a tqdm progress bar over the sequences that are actually embedded (cache misses).

@@ -158,3 +158,43 @@ def test_committed_notebook_outputs_are_clean():
     text = json.dumps(outputs)
     for marker in ("/work/", "/root", "/home/", "site-packages", "Warning"):
         assert marker not in text, f"the notebook's outputs mention {marker!r}"
+
+
+def _conf_numpydoc_settings():
+    """numpydoc_validation_checks / _exclude as docs/conf.py sets them (read, not imported: conf.py
+    needs the docs extras and runs setup code)."""
+    import ast
+
+    tree = ast.parse((ROOT / "docs" / "conf.py").read_text())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("numpydoc_validation_checks", "numpydoc_validation_exclude"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    return found["numpydoc_validation_checks"], found["numpydoc_validation_exclude"]
+
+
+def test_estimator_docstrings_pass_the_docs_builds_numpydoc_checks():
+    # The docs build fails on any numpydoc warning; this finds the same failures in seconds.
+    validate = pytest.importorskip("numpydoc.validate")
+    checks, exclude = _conf_numpydoc_settings()
+    dropped = checks - {"all"}
+    names = []
+    for name in skdeep.__all__:
+        obj = getattr(skdeep, name)
+        if not (inspect.isclass(obj) and issubclass(obj, BaseEstimator)):
+            continue
+        names.append(f"skdeep.{name}")
+        for attr, member in inspect.getmembers(obj):
+            if attr.startswith("_") or not callable(member):
+                continue
+            if not getattr(member, "__module__", "").startswith("skdeep"):
+                continue  # inherited from scikit-learn, checked there
+            names.append(f"skdeep.{name}.{attr}")
+    names = [n for n in names if not any(re.search(pattern, n) for pattern in exclude)]
+    problems = []
+    for full_name in names:
+        for code, message in validate.validate(full_name)["errors"]:
+            if code not in dropped:
+                problems.append(f"{full_name}: {code} {message}")
+    assert not problems, "\n".join(problems)

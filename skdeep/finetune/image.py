@@ -11,9 +11,7 @@ weights' fingerprint and feed the head, or any other estimator (``transform``).
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
@@ -25,7 +23,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._sklearn import DocLinkMixin, Interval, StrOptions, _fit_context
 from ..image_io import DEFAULT_MAX_PIXELS
 from ..sources import FingerprintMismatchError, ModelNotFoundError, restore_bundle
-from . import _heads, _lora, _training
+from . import _heads, _image_training, _lora, _training
+from ._image_training import _backbone_root
 from ._weights import (
     apply_delta,
     bytes_to_tensors,
@@ -37,26 +36,6 @@ from ._weights import (
 from .augment import IMAGE_AUGMENTATIONS, image_augmentation
 
 __all__ = ["FineTunedImageClassifier"]
-
-#: L2 penalties tried by the head's L-BFGS fit on frozen features (``probe_init``), on the mean loss;
-#: the best on the held-out images is kept (without them, PROBE_L2).
-PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-PROBE_L2 = 1e-3
-
-
-def _backbone_root(body):
-    """The module whose children are the backbone's stages (timm: the model itself, head included)."""
-    from ..backends.image import _TimmFeatures
-
-    if isinstance(body, _TimmFeatures):
-        return body.model, True
-    return body, False  # torchvision: a feature-extraction graph that stops before the head
-
-
-def _head_names(root, is_timm: bool) -> set:
-    from ..backends.image import _HEAD_NAMES
-
-    return {name for name, _ in root.named_children() if name in _HEAD_NAMES} if is_timm else set()
 
 
 class FineTunedImageClassifier(
@@ -97,6 +76,7 @@ class FineTunedImageClassifier(
         ``unfreeze="gradual"``: epochs between two unfreezing steps.
 
     batch_size : int, default=32
+        Images per training step and per inference batch.
 
     learning_rate : float, default=1e-3
         AdamW learning rate of the head; warmed up over the first 5% of steps, then cosine-decayed.
@@ -137,6 +117,7 @@ class FineTunedImageClassifier(
         weights (``unfreeze`` then applies to the adapters). Only the adapters are pickled.
 
     lora_rank : int, default=8
+        Rank of the LoRA adapters (``lora=True``).
 
     early_stopping : bool, default=True
         Hold out ``validation_fraction`` of the images (stratified on the first task), measure the
@@ -144,8 +125,10 @@ class FineTunedImageClassifier(
         ``n_iter_no_change`` epochs without improvement (counted again when a stage unfreezes).
 
     validation_fraction : float, default=0.1
+        Share of the training images held out for early stopping.
 
     n_iter_no_change : int, default=3
+        Epochs without a better validation score before training stops.
 
     pooling : {"avg", "max", "gem", "cls"}, default="avg"
         How the last feature map becomes the features the head sees (as for ImageEncoder).
@@ -153,8 +136,14 @@ class FineTunedImageClassifier(
     image_size : int, default=None
         Side of the square crop the model sees; None keeps the weights' own (224 for most).
 
-    image_shape, pixel_range, max_pixels :
-        How ``X`` is read, as for :class:`~skdeep.ImageEncoder`.
+    image_shape : tuple of int, default=None
+        Shape of flat pixel rows in ``X``, as for :class:`~skdeep.ImageEncoder`.
+
+    pixel_range : {"auto", 1, 255}, default="auto"
+        Scale of array pixels, as for :class:`~skdeep.ImageEncoder`.
+
+    max_pixels : int, default=DEFAULT_MAX_PIXELS
+        Largest image (width times height) read, as for :class:`~skdeep.ImageEncoder`.
 
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Training precision (autocast; the weights stay fp32). ``"auto"``: bf16 on CUDA (fp16 with
@@ -162,6 +151,7 @@ class FineTunedImageClassifier(
         autocast where the CPU supports it (:func:`skdeep.devices.cpu_supports_bf16`).
 
     device : str, default="auto"
+        ``"auto"`` trains on CUDA, then MPS, then the CPU (as for the encoders).
 
     num_workers : int or "auto", default="auto"
         Threads decoding images.
@@ -354,7 +344,8 @@ class FineTunedImageClassifier(
 
         Returns
         -------
-        self
+        self : FineTunedImageClassifier
+            The fitted classifier.
         """
         import torch
 
@@ -379,8 +370,8 @@ class FineTunedImageClassifier(
             backend = ImageBackend(source, device, "fp32", None, self.pooling, self.image_size)
             augment = image_augmentation(self.augment, backend.preprocess.crop)
             pixels = self._decode(items, backend.preprocess, base_encoder._num_workers(len(items)))
-            heads, adapter = self._train(
-                backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision
+            heads, adapter = _image_training.train_image_model(
+                self, backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision
             )
 
         self.classes_ = classes if multi else classes[0]
@@ -405,169 +396,6 @@ class FineTunedImageClassifier(
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skdeep-decode") as pool:
                 return torch.stack(list(pool.map(one, items)))
         return torch.stack([one(item) for item in items])
-
-    def _train(
-        self, backend, pixels, codes, classes, task_weights, train_idx, val_idx, rng, augment, device, precision
-    ):
-        import torch
-
-        features = backend.module
-        root, is_timm = _backbone_root(features.body)
-        exclude = _head_names(root, is_timm)
-        lora_config, only = None, None
-        if self.lora:
-            lora_config = _lora.vision_config(root, self.lora_rank, exclude)
-            _lora.inject(root, lora_config)
-            only = _lora.is_lora_param
-            features.to(device=device, memory_format=torch.channels_last)
-        groups = _training.layer_groups(root, exclude)
-        self.layer_groups_ = [list(g.names) for g in groups]
-        heads = _heads.make_heads(backend.dim, classes, device)
-        optimizer = _training.make_optimizer(
-            groups,
-            list(heads.parameters()),
-            learning_rate=self.learning_rate,
-            lr_decay=self.lr_decay,
-            weight_decay=self.weight_decay,
-            only=only,
-        )
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        normalize = backend.preprocess.normalizer(device)
-        frozen_train = frozen_val = None  # features of the fully frozen backbone, computed once
-        codes_t = torch.as_tensor(codes, device=device)
-        weights_t = [float(w) for w in task_weights]
-        steps_per_epoch = math.ceil(len(train_idx) / self.batch_size)
-        total = steps_per_epoch * self.max_epochs
-        warmup = max(1, int(0.05 * total))
-
-        def batch_pixels(idx, train):
-            x = pixels[torch.as_tensor(idx)]
-            if train and augment is not None:
-                x = torch.stack([augment(img.permute(2, 0, 1)) for img in x]).permute(0, 2, 3, 1)
-            if device.type == "cuda":
-                x = x.pin_memory()
-            x = x.to(device, non_blocking=True)
-            return normalize(x).contiguous(memory_format=torch.channels_last)
-
-        def embed_all(idx):
-            """Features of images ``idx`` with the whole model in eval mode, without gradients."""
-            features.eval()
-            out = []
-            with torch.no_grad(), _training.train_autocast(device, precision):
-                for s in range(0, len(idx), self.batch_size):
-                    out.append(features(batch_pixels(idx[s : s + self.batch_size], False)).float())
-            return torch.cat(out) if out else torch.zeros(0, backend.dim, device=device)
-
-        def evaluate(val_feats):
-            """(mean accuracy over tasks, loss) of the heads on held-out features."""
-            heads.eval()
-            with torch.no_grad():
-                val_codes = codes_t[torch.as_tensor(val_idx, device=device)]
-                loss, logits = _heads.heads_loss(heads, val_feats, val_codes, weights_t, self.label_smoothing)
-                accuracies = [(out.argmax(1) == val_codes[:, t]).float().mean().item() for t, out in enumerate(logits)]
-            return float(np.mean(accuracies)), float(loss)
-
-        self.probe_l2_ = None
-        if self.probe_init:
-            # LP-FT: the head(s) first learn to convergence on the frozen features, with the L2
-            # penalty that does best on the held-out images.
-            _training.set_trainable(root, groups, 0)
-            frozen_train = embed_all(train_idx)
-            train_codes = codes_t[torch.as_tensor(train_idx, device=device)]
-            frozen_val = embed_all(val_idx) if len(val_idx) else None
-            init = {n: v.clone() for n, v in heads.state_dict().items()}
-            best = None
-            for l2 in PROBE_L2_GRID if frozen_val is not None else (PROBE_L2,):
-                heads.load_state_dict(init)
-                _heads.fit_heads_lbfgs(heads, frozen_train, train_codes, weights_t, self.label_smoothing, l2=l2)
-                score, loss = evaluate(frozen_val) if frozen_val is not None else (0.0, 0.0)
-                if best is None or (score, -loss) > best[0]:
-                    best = ((score, -loss), l2, {n: v.clone() for n, v in heads.state_dict().items()})
-            heads.load_state_dict(best[2])
-            self.probe_l2_ = best[1]
-        stopper = _training.EarlyStopping(self.n_iter_no_change)
-        progress = _training.Progress(self.show_progress, self.max_epochs, "Fine-tuning")
-        history, best_state, step, unfrozen = [], None, 0, None
-        try:
-            for epoch in range(self.max_epochs):
-                start = time.perf_counter()
-                k = _training.unfrozen_groups(self.unfreeze, epoch, len(groups), self.head_epochs, self.stage_epochs)
-                if k != unfrozen:
-                    if unfrozen is not None:
-                        stopper.reset_patience()
-                    unfrozen = k
-                if k == 0 and augment is None and frozen_train is None:
-                    frozen_train = embed_all(train_idx)
-                order = rng.permutation(len(train_idx))
-                losses = []
-                _training.set_trainable(root, groups, k, only=only, bn_stats=self.train_bn_stats)
-                heads.train()
-                for s in range(0, len(order), self.batch_size):
-                    pos = order[s : s + self.batch_size]
-                    _training.set_lr(optimizer, _training.lr_factor(step, total, warmup))
-                    with _training.train_autocast(device, precision):
-                        if k == 0 and augment is None:
-                            feats = frozen_train[torch.as_tensor(pos, device=device)]
-                        elif k == 0:
-                            with torch.no_grad():
-                                feats = features(batch_pixels(train_idx[pos], True))
-                        else:
-                            feats = features(batch_pixels(train_idx[pos], True))
-                        loss, _ = _heads.heads_loss(
-                            heads,
-                            feats,
-                            codes_t[torch.as_tensor(train_idx[pos], device=device)],
-                            weights_t,
-                            self.label_smoothing,
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    losses.append(loss.detach())
-                    step += 1
-                record = {
-                    "epoch": epoch + 1,
-                    "unfrozen": k,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": float(torch.stack(losses).float().mean()),
-                    "val_loss": None,
-                    "val_score": None,
-                }
-                if len(val_idx):
-                    if k == 0:
-                        frozen_val = embed_all(val_idx) if frozen_val is None else frozen_val
-                        val_feats = frozen_val
-                    else:
-                        val_feats = embed_all(val_idx)
-                    score, val_loss = evaluate(val_feats)
-                    record.update(val_loss=val_loss, val_score=score)
-                    if stopper.update(epoch + 1, score, val_loss):
-                        best_state = (
-                            {n: v.detach().clone() for n, v in root.state_dict().items()},
-                            {n: v.detach().clone() for n, v in heads.state_dict().items()},
-                        )
-                record["seconds"] = time.perf_counter() - start
-                history.append(record)
-                progress.update(record)
-                if len(val_idx) and stopper.should_stop:
-                    break
-        finally:
-            progress.close()
-        if best_state is not None:
-            root.load_state_dict(best_state[0])
-            heads.load_state_dict(best_state[1])
-        root.eval()
-        heads.eval()
-        self.history_ = history
-        self.n_epochs_ = len(history)
-        self.best_epoch_ = stopper.best_epoch if best_state is not None else len(history)
-        adapter = _lora.extract(root, lora_config) if self.lora else None
-        return heads, adapter
 
     # ------------------------------------------------------------------ tuned weights
     def _tuned_state(self, source, adapter, trained_root=None):
@@ -629,14 +457,36 @@ class FineTunedImageClassifier(
     def transform(self, X):
         """Fine-tuned penultimate features of ``X`` (pooled backbone output), cached by content.
 
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+
         Returns
         -------
-        ndarray of shape (n_samples, n_features_out), float32
+        X_new : ndarray of shape (n_samples, n_features_out), float32
+            One feature row per image.
         """
         check_is_fitted(self, "encoder_")
         return self.encoder_.transform(X)
 
     def fit_transform(self, X, y=None, **fit_params):
+        """Fine-tune on ``(X, y)``, then return the tuned features of ``X``.
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+        y : array-like of shape (n_samples,) or (n_samples, n_tasks)
+            Labels; one column per task for multi-task training.
+        **fit_params : dict
+            Not used; accepted for scikit-learn's API.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out), float32
+            One feature row per image.
+        """
         return self.fit(X, y).transform(X)
 
     def _logits(self, X):
@@ -647,25 +497,85 @@ class FineTunedImageClassifier(
         return self.classes_ if self.multi_output_ else [self.classes_]
 
     def decision_function(self, X):
-        """Logits: an array (n_samples, n_classes), or one per task for a 2-D ``y``."""
+        """Raw scores (logits) of the head(s).
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+
+        Returns
+        -------
+        logits : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
+            One column per class, in the order of ``classes_``.
+        """
         logits = self._logits(X)
         return logits if self.multi_output_ else logits[0]
 
     def predict(self, X):
-        """Labels: shape (n_samples,), or (n_samples, n_tasks) for a 2-D ``y``."""
+        """Predict the class of each image.
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,), or (n_samples, n_tasks) for a 2-D ``y``
+            The predicted labels.
+        """
         return _heads.predictions(self._logits(X), self._classes_list(), self.multi_output_)
 
     def predict_proba(self, X):
-        """Class probabilities: an array (n_samples, n_classes), or a list with one per task."""
+        """Class probabilities from the head(s).
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
+            Probability of each class (columns in the order of ``classes_``).
+        """
         probas = [_heads.softmax(z) for z in self._logits(X)]
         return probas if self.multi_output_ else probas[0]
 
     def predict_log_proba(self, X):
+        """Logarithm of the class probabilities of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
+            Log-probability of each class (columns in the order of ``classes_``).
+        """
         proba = self.predict_proba(X)
         return [np.log(p) for p in proba] if self.multi_output_ else np.log(proba)
 
     def score(self, X, y, sample_weight=None):
-        """Accuracy; for a 2-D ``y`` the share of images with every task right (as MultiOutputClassifier)."""
+        """Accuracy; for a 2-D ``y`` the share of images with every task right (as MultiOutputClassifier).
+
+        Parameters
+        ----------
+        X : images
+            Anything :class:`~skdeep.ImageEncoder` accepts (paths, bytes, PIL images, arrays, ...).
+        y : array-like of shape (n_samples,) or (n_samples, n_tasks)
+            True labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights (1-D ``y`` only).
+
+        Returns
+        -------
+        score : float
+            Mean accuracy.
+        """
         check_is_fitted(self, "heads_")
         if not self.multi_output_:
             return super().score(X, y, sample_weight=sample_weight)
@@ -677,11 +587,18 @@ class FineTunedImageClassifier(
         return self.n_features_out_
 
     def as_encoder(self, *, bundle_weights=True):
-        """The tuned backbone as a fitted :class:`~skdeep.ImageEncoder` (pickles with its weights by default).
+        """The tuned backbone as a fitted :class:`~skdeep.ImageEncoder`.
+
+        Parameters
+        ----------
+        bundle_weights : bool, default=True
+            Whether the encoder pickles with the tuned weights inside (else by reference, which
+            loads only in a process that has them).
 
         Returns
         -------
-        ImageEncoder
+        encoder : ImageEncoder
+            A fitted encoder whose features are this model's :meth:`transform`.
         """
         check_is_fitted(self, "encoder_")
         enc = clone(self.encoder_).set_params(bundle_weights=bundle_weights)
@@ -700,7 +617,8 @@ class FineTunedImageClassifier(
 
         Returns
         -------
-        pathlib.Path
+        path : pathlib.Path
+            The file written.
         """
         import shutil
         from pathlib import Path

@@ -691,7 +691,8 @@ class FineTunedTextClassifier(
 
         Returns
         -------
-        Path
+        path : pathlib.Path
+            The adapter folder written.
         """
         check_is_fitted(self, "encoder_")
         if getattr(self, "adapter_", None) is None:

@@ -191,7 +191,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lr-decay", type=float, default=0.6)
+    parser.add_argument("--lr-decay", type=float, default=0.8)
     parser.add_argument("--augment", default="light")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-test", type=int, default=2000, help="test images (the first of the 10,000)")

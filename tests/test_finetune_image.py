@@ -152,9 +152,9 @@ def test_torchvision_model_and_discriminative_learning_rates():
         mp.setattr(_training, "make_optimizer", spy)
         clf.fit(X, Y)
     assert clf.layer_groups_ == [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
-    # head (weights, biases), then each stage from the top at 0.6x the one above it.
+    # head (weights, biases), then each stage from the top at lr_decay (0.8) times the one above it.
     distinct = sorted(set(optimizer_lrs), reverse=True)
-    assert distinct == pytest.approx([1e-3 * 0.6**k for k in range(6)])
+    assert distinct == pytest.approx([1e-3 * 0.8**k for k in range(6)])
     assert clf.predict(X).shape == (len(X),)
 
 

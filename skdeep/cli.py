@@ -38,7 +38,7 @@ from ._cli_io import (
     write_embeddings,
     write_predictions,
 )
-from ._cli_runtime import add_runtime_options, runtime_params
+from ._cli_runtime import _positive_int, add_runtime_options, runtime_params
 from .serving import limits as serving
 
 #: ``skdeep.image_io.DEFAULT_MAX_PIXELS`` (PIL's own limit), repeated here so that ``--help`` imports
@@ -432,16 +432,6 @@ def _add_load_options(p: argparse.ArgumentParser) -> None:
         help="load a .joblib / .pkl pickle: unpickling runs any code the file contains, so pass "
         "this only for files you made (.skops files never need it)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _max_pixels(text: str):

@@ -14,7 +14,7 @@ from skdeep import backends as backend_registry
 from skdeep.finetune import FineTunedImageClassifier, _training
 from skdeep.sources import clear_registered
 
-FAST = dict(weights=None, image_size=32, batch_size=8, cache=None, num_workers=0, random_state=0, precision="fp32")
+FAST = dict(weights=None, image_size=32, batch_size=8, cache=None, num_workers=0, random_state=0, dtype="float32")
 
 
 def make_data(n_per_class=12, seed=0, size=32):
@@ -341,20 +341,23 @@ def test_schedule_and_precision_helpers():
     assert _training.unfrozen_groups("all", 0, 5, 1, 1) == 5 and _training.unfrozen_groups("none", 9, 5, 1, 1) == 0
     import torch
 
-    assert _training.resolve_train_precision("auto", torch.device("cpu")) == "fp32"
-    with pytest.raises(ValueError, match="needs a GPU"):
-        _training.resolve_train_precision("fp16", torch.device("cpu"))
-    from skdeep.devices import cpu_supports_bf16
+    cpu = torch.device("cpu")
+    assert _training.resolve_train_precision("auto", cpu) == "fp32"
+    assert _training.resolve_train_precision("float32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="dtype='float16' needs a GPU"):
+        _training.resolve_train_precision("float16", cpu)
+    from skdeep import devices
 
-    supported = cpu_supports_bf16()
-    if not supported:
-        with pytest.warns(RuntimeWarning, match="no native bf16"):
-            assert _training.resolve_train_precision("bf16", torch.device("cpu")) == "fp32"
-    else:
-        assert _training.resolve_train_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(devices, "cpu_supports_bf16", lambda: False)
+        with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+            assert _training.resolve_train_precision("bfloat16", cpu) == "fp32"
+        mp.setattr(devices, "cpu_supports_bf16", lambda: True)
+        assert _training.resolve_train_precision("bfloat16", cpu) == "bf16"
+    if devices.cpu_supports_bf16():
         # bf16 autocast on the CPU trains and stays deterministic.
         a, b = (
-            FineTunedImageClassifier("timm:test_resnet", max_epochs=2, **{**FAST, "precision": "bf16"}).fit(X, Y)
+            FineTunedImageClassifier("timm:test_resnet", max_epochs=2, **{**FAST, "dtype": "bfloat16"}).fit(X, Y)
             for _ in range(2)
         )
         assert a.tuned_fingerprint_ == b.tuned_fingerprint_

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 UNFREEZE_MODES = ("gradual", "all", "none")
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 #: A backbone split into fewer stages than this is split further (its largest stage into its children).
 MIN_GROUPS = 4
@@ -228,26 +228,32 @@ def set_lr(optimizer, factor: float) -> None:
 # precision
 
 
-def resolve_train_precision(precision: str, device) -> str:
-    """The precision to train in: ``"auto"`` is bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere.
+def resolve_train_precision(dtype: str, device) -> str:
+    """The autocast precision to train in (``"fp32"``, ``"bf16"``, ``"fp16"``) for the ``dtype`` parameter.
 
-    On CPUs bf16 autocast is used only when asked for (``precision="bf16"``) and supported
+    ``"auto"`` is bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere. On CPUs bf16
+    autocast is used only when asked for (``dtype="bfloat16"``) and supported
     (:func:`skdeep.devices.cpu_supports_bf16`): measured on an AVX-512 (bf16) CPU, training
     EfficientNet-Lite0 was about 15% slower under bf16 autocast than in fp32 (depthwise
     convolutions gain nothing), so it is not the default there.
     """
     import torch
 
-    from ..devices import cpu_supports_bf16
+    from ..devices import DTYPE_SHORT_NAMES, cpu_supports_bf16
 
-    if precision == "auto":
+    if dtype == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
+    precision = DTYPE_SHORT_NAMES[dtype]
     if device.type == "cpu" and precision == "fp16":
-        raise ValueError("precision='fp16' needs a GPU; on the CPU use 'bf16' (where supported) or 'fp32'.")
+        raise ValueError("dtype='float16' needs a GPU; on the CPU use 'bfloat16' (where supported) or 'float32'.")
     if device.type == "cpu" and precision == "bf16" and not cpu_supports_bf16():
-        warnings.warn("This CPU has no native bf16 support; training in fp32.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "dtype='bfloat16': this CPU has no native bfloat16 support; training in float32.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return "fp32"
     return precision
 

@@ -147,10 +147,12 @@ class FineTunedImageClassifier(
     max_pixels : int, default=DEFAULT_MAX_PIXELS
         Largest image (width times height) read, as for :class:`~skdeep.ImageEncoder`.
 
-    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Training precision (autocast; the weights stay fp32). ``"auto"``: bf16 on CUDA (fp16 with
-        loss scaling where bf16 is missing), fp32 on the CPU. ``"bf16"`` on a CPU uses bf16
-        autocast where the CPU supports it (:func:`skdeep.devices.cpu_supports_bf16`).
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute dtype of training and of the tuned encoder, as for the encoders (autocast; the
+        weights stay float32). ``"auto"``: bfloat16 on CUDA (float16 with loss scaling where
+        bfloat16 is missing), float32 on the CPU. ``"bfloat16"`` on a CPU uses bfloat16 autocast
+        where the CPU supports it (:func:`skdeep.devices.cpu_supports_bf16`), else float32 with a
+        warning; ``"float16"`` needs a GPU.
 
     device : str, default="auto"
         ``"auto"`` trains on CUDA, then MPS, then the CPU (as for the encoders).
@@ -234,7 +236,7 @@ class FineTunedImageClassifier(
         "image_shape": [tuple, list, None],
         "pixel_range": [tuple, list, None],
         "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
-        "precision": [StrOptions(set(_training.TRAIN_PRECISIONS))],
+        "dtype": [StrOptions(set(_training.TRAIN_DTYPES))],
         "device": [str, None],
         "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "random_state": ["random_state"],
@@ -270,7 +272,7 @@ class FineTunedImageClassifier(
         image_shape=None,
         pixel_range=None,
         max_pixels=DEFAULT_MAX_PIXELS,
-        precision="auto",
+        dtype="auto",
         device="auto",
         num_workers="auto",
         random_state=None,
@@ -302,7 +304,7 @@ class FineTunedImageClassifier(
         self.image_shape = image_shape
         self.pixel_range = pixel_range
         self.max_pixels = max_pixels
-        self.precision = precision
+        self.dtype = dtype
         self.device = device
         self.num_workers = num_workers
         self.random_state = random_state
@@ -366,7 +368,7 @@ class FineTunedImageClassifier(
         )
         source = base_encoder._source()
         device = resolve_device(self.device)
-        precision = _training.resolve_train_precision(self.precision, device)
+        precision = _training.resolve_train_precision(self.dtype, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(rng.randint(2**31 - 1))
             backend = ImageBackend(source, device, "fp32", None, self.pooling, self.image_size)

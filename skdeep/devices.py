@@ -16,6 +16,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: dtype -> the short name autocast and older releases' ``precision`` used.
 DTYPE_SHORT_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+#: The other way: ``"fp16"`` -> ``"float16"``.
+DTYPE_NAMES = {short: name for name, short in DTYPE_SHORT_NAMES.items()}
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:

@@ -12,6 +12,7 @@ from ._sklearn import Interval, StrOptions, _get_output_config, validate_data
 from .backends.image import POOLING_MODES, ImageBackend, build_model, graph_node_names
 from .devices import (
     COMPUTE_DTYPES,
+    DTYPE_NAMES,
     DTYPE_SHORT_NAMES,
     PRECISIONS,
     check_num_threads,
@@ -36,7 +37,6 @@ __all__ = ["ImageEncoder", "ImageTooLargeError", "UnreadableImageError", "Unread
 
 ON_ERROR = ("raise", "skip", "zero")
 IMAGE_BACKENDS = ("torch", "onnx", "openvino")
-_LEGACY_PRECISIONS = {short: name for name, short in DTYPE_SHORT_NAMES.items()}  # "fp16" -> "float16"
 # Bump when decoding or preprocessing changes what the model sees: old cache entries then stop matching.
 IMAGE_PIPELINE_VERSION = 1
 _HASH_IN_THREADS = 16  # hash files with the decode threads when there are at least this many
@@ -355,7 +355,7 @@ class ImageEncoder(BaseEncoder):
         """``dtype``, or the deprecated ``precision`` moved to it."""
         if self.precision is None:
             return self.dtype
-        mapped = _LEGACY_PRECISIONS[self.precision]
+        mapped = DTYPE_NAMES[self.precision]
         if self.dtype not in ("float32", mapped):
             raise ValueError(
                 f"precision={self.precision!r} (deprecated) conflicts with dtype={self.dtype!r}; pass only dtype."
@@ -560,7 +560,7 @@ class ImageEncoder(BaseEncoder):
         # precision="fp16" etc. moves to dtype, silently.
         if "dtype" not in state:
             legacy = state.get("precision")
-            state["dtype"] = _LEGACY_PRECISIONS.get(legacy, "float32") if legacy else "float32"
+            state["dtype"] = DTYPE_NAMES.get(legacy, "float32") if legacy else "float32"
             state["precision"] = None
         state.setdefault("backend", "torch")
         state.setdefault("num_threads", None)

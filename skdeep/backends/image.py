@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import DTYPE_SHORT_NAMES, autocast
+from ..devices import DTYPE_NAMES, autocast
 from ..image_io import ImageInput, UnreadableImageError
 from ..sources import ModelSource
 
@@ -385,7 +385,7 @@ class ImageBackend:
         self.source = source
         self.device = device
         self.precision = precision
-        self.dtype = {short: name for name, short in DTYPE_SHORT_NAMES.items()}[precision]
+        self.dtype = DTYPE_NAMES[precision]
         library, arch = source.spec.library, source.spec.arch
         native = source.spec.preprocess
         self.preprocess = native.with_image_size(image_size)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import devices
-from ..devices import autocast
+from ..devices import DTYPE_SHORT_NAMES, autocast
 from ..sources import ModelSource
 from . import quiet_loading
 from ._tokens import TextTokenizer
@@ -23,7 +23,6 @@ from ._tokens import TextTokenizer
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 #: Values of ``TextEncoder(dtype=...)``: torch's spellings, and "auto".
 COMPUTE_DTYPES = devices.COMPUTE_DTYPES
-_AUTOCAST_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -167,7 +166,7 @@ class SentenceTransformerBackend:
 
     def forward(self, items: list, prompt_length: int | None = None) -> np.ndarray:
         """Embed one batch of token id sequences (or strings); returns float32 (len(items), dim)."""
-        precision = "fp32" if self._cast else _AUTOCAST_NAMES[self.dtype]
+        precision = "fp32" if self._cast else DTYPE_SHORT_NAMES[self.dtype]
         with torch.inference_mode(), autocast(self.device, precision):
             if self.tokens is None:
                 out = self.model.encode(

@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn import DocLinkMixin, Interval, StrOptions, _fit_context
+from ..devices import DTYPE_NAMES
 from ..image_io import DEFAULT_MAX_PIXELS
 from ..sources import FingerprintMismatchError, ModelNotFoundError, restore_bundle
 from . import _heads, _image_training, _lora, _training
@@ -384,8 +385,8 @@ class FineTunedImageClassifier(
         self.heads_ = _heads.head_arrays(heads)
         self.base_fingerprint_ = source.fingerprint
         self._publish(backend, source, adapter)
-        inference_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision) if device.type != "cpu" else None
-        self.encoder_ = self._encoder(self.tuned_weights_, cache=self.cache, dtype=inference_dtype or "float32").fit(X)
+        inference_dtype = DTYPE_NAMES[precision] if device.type != "cpu" else "float32"
+        self.encoder_ = self._encoder(self.tuned_weights_, cache=self.cache, dtype=inference_dtype).fit(X)
         self.n_features_out_ = self.encoder_.n_features_out_
         return self
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from promptly import call_promptly
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
@@ -173,22 +173,6 @@ def test_damaged_unpacked_bundle_is_replaced_not_trusted(bundled_skops, own_mode
 # 2. a model folder holding a FIFO or a link to /dev/zero does not hang the loader
 
 
-def _in_thread(fn, timeout=60):
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call hung"
-    return outcome
-
-
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
 def test_model_folder_with_a_fifo_or_device_does_not_hang_load(own_model, tmp_path, kind):
     path = save(_fit(own_model), tmp_path / "pipe.skops")
@@ -201,11 +185,12 @@ def test_model_folder_with_a_fifo_or_device_does_not_hang_load(own_model, tmp_pa
     from skdeep.sources._common import _fingerprint_memo
 
     _fingerprint_memo.clear()
-    outcome = _in_thread(lambda: load(path))
-    assert isinstance(outcome.get("error"), UnsafeModelFileError)
-    assert ("FIFO" if kind == "fifo" else "device") in str(outcome["error"])
-    outcome = _in_thread(lambda: main(["info", str(path)]))
-    assert isinstance(outcome.get("error"), SystemExit) and outcome["error"].code == 2
+    with pytest.raises(UnsafeModelFileError) as error:
+        call_promptly(lambda: load(path), timeout=60)
+    assert ("FIFO" if kind == "fifo" else "device") in str(error.value)
+    with pytest.raises(SystemExit) as error:
+        call_promptly(lambda: main(["info", str(path)]), timeout=60)
+    assert error.value.code == 2
 
 
 # ---------------------------------------------------------------------------------------------
